@@ -1,0 +1,83 @@
+//! Backends: the keyed and operator backend contracts, the state backend
+//! factory that creates them, and the checkpointed-function hook.
+
+pub mod checkpointed;
+pub mod keyed;
+pub mod operator;
+
+use std::sync::Arc;
+
+use crate::codec::SharedCodec;
+use crate::error::Result;
+use crate::key_group::{check_parallelism, KeyGroupRange};
+use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
+use crate::snapshot::stream::CheckpointStreamFactory;
+use crate::state::StateKey;
+use keyed::KeyedStateBackend;
+use operator::DefaultOperatorStateBackend;
+
+/// What a keyed backend is created for: its key groups and its key codec.
+pub struct KeyedBackendParams<K> {
+    /// The max parallelism (never changes across restores).
+    pub max_parallelism: u32,
+    /// The key groups the backend owns.
+    pub key_group_range: KeyGroupRange,
+    /// The codec of keys; its bytes decide each key's group.
+    pub key_codec: SharedCodec<K>,
+}
+
+impl<K> Clone for KeyedBackendParams<K> {
+    fn clone(&self) -> Self {
+        KeyedBackendParams {
+            max_parallelism: self.max_parallelism,
+            key_group_range: self.key_group_range,
+            key_codec: self.key_codec.clone(),
+        }
+    }
+}
+
+impl<K> KeyedBackendParams<K> {
+    /// The parameters of subtask `index` of `parallelism`.
+    pub fn for_subtask(
+        max_parallelism: u32,
+        parallelism: u32,
+        index: u32,
+        key_codec: SharedCodec<K>,
+    ) -> Result<Self> {
+        check_parallelism(parallelism, max_parallelism)?;
+        Ok(KeyedBackendParams {
+            max_parallelism,
+            key_group_range: KeyGroupRange::for_operator(max_parallelism, parallelism, index)?,
+            key_codec,
+        })
+    }
+}
+
+/// A configured state backend: creates keyed and operator backends (fresh or
+/// restored) and the streams their snapshots write to.
+pub trait StateBackend: Send + Sync {
+    /// The keyed backend type for keys of type `K`.
+    type Keyed<K: StateKey>: KeyedStateBackend<Key = K>;
+
+    /// A short name ("memory", "fs", "rocksdb").
+    fn name(&self) -> &'static str;
+
+    /// Creates a keyed backend; restores it from `restore`, keeping only the key
+    /// groups of `params.key_group_range` (the handles' ranges may differ).
+    fn create_keyed_backend<K: StateKey>(
+        &self,
+        params: KeyedBackendParams<K>,
+        restore: &[KeyedStateHandle],
+    ) -> Result<Self::Keyed<K>>;
+
+    /// Creates an operator backend restored from `restore`.
+    fn create_operator_backend(
+        &self,
+        restore: &[OperatorStateHandle],
+    ) -> Result<DefaultOperatorStateBackend> {
+        DefaultOperatorStateBackend::restore(restore)
+    }
+
+    /// Where the snapshots of checkpoint `checkpoint_id` are written.
+    fn stream_factory(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointStreamFactory>>;
+}

@@ -1,0 +1,219 @@
+//! Checksummed, optionally compressed frames: the unit every snapshot file is
+//! made of.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     stored_len   u32 LE: bytes of payload as stored
+//! 4       4     raw_len      u32 LE: bytes of payload after decompression
+//! 8       1     codec        0 = none, 1 = zstd
+//! 9       4     crc32        CRC32 (IEEE) of bytes 0..9 followed by the stored payload
+//! 13      n     payload      stored_len bytes
+//! ```
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::bytes::ByteReader;
+use crate::error::{Error, Result};
+
+/// Offset of `stored_len` in a frame header.
+pub const FRAME_STORED_LEN_OFFSET: usize = 0;
+/// Offset of `raw_len`.
+pub const FRAME_RAW_LEN_OFFSET: usize = FRAME_STORED_LEN_OFFSET + 4;
+/// Offset of the codec byte.
+pub const FRAME_CODEC_OFFSET: usize = FRAME_RAW_LEN_OFFSET + 4;
+/// Offset of the CRC32.
+pub const FRAME_CRC_OFFSET: usize = FRAME_CODEC_OFFSET + 1;
+/// Length of a frame header.
+pub const FRAME_HEADER_LEN: usize = FRAME_CRC_OFFSET + 4;
+
+/// Largest payload of one frame (raw or stored): `i32::MAX` bytes. A record
+/// that would not fit is refused at write time.
+pub const MAX_FRAME_PAYLOAD: usize = i32::MAX as usize;
+
+/// Payload size at which a writer closes a frame and starts the next one.
+pub const TARGET_FRAME_PAYLOAD: usize = 64 * 1024;
+
+/// Payloads below this size are never compressed (not worth a zstd frame).
+pub const MIN_COMPRESSIBLE_PAYLOAD: usize = 128;
+
+const CODEC_NONE: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+
+/// Compression of frame payloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// Stored as is.
+    #[default]
+    None,
+    /// zstd at the given level (1 is fast, 3 the zstd default).
+    Zstd {
+        /// The zstd level.
+        level: i32,
+    },
+}
+
+/// Appends one frame holding `payload` to `out`.
+///
+/// Compression is used only when it makes the frame smaller.
+pub fn encode_frame(out: &mut Vec<u8>, payload: &[u8], compression: Compression) -> Result<()> {
+    if payload.len() > MAX_FRAME_PAYLOAD {
+        return Err(Error::SizeLimitExceeded {
+            what: "a snapshot frame (one record)".into(),
+            size: payload.len() as u64,
+            limit: MAX_FRAME_PAYLOAD as u64,
+        });
+    }
+    let compressed = match compression {
+        Compression::Zstd { level } if payload.len() >= MIN_COMPRESSIBLE_PAYLOAD => {
+            let c = zstd::bulk::compress(payload, level)
+                .map_err(|e| Error::io("zstd compression of a snapshot frame", e))?;
+            (c.len() < payload.len()).then_some(c)
+        }
+        _ => None,
+    };
+    let (codec, stored): (u8, &[u8]) = match &compressed {
+        Some(c) => (CODEC_ZSTD, c),
+        None => (CODEC_NONE, payload),
+    };
+    let start = out.len();
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.push(codec);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[start..start + FRAME_CRC_OFFSET]);
+    crc.update(stored);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(stored);
+    Ok(())
+}
+
+/// Decodes the frame at `offset` of `file_bytes`; returns its payload and the
+/// offset just past the frame.
+pub fn decode_frame<'a>(
+    file: &str,
+    file_bytes: &'a [u8],
+    offset: u64,
+) -> Result<(Cow<'a, [u8]>, u64)> {
+    let at = usize::try_from(offset).unwrap_or(usize::MAX);
+    let available = file_bytes.len().saturating_sub(at) as u64;
+    if available < FRAME_HEADER_LEN as u64 {
+        return Err(Error::Truncated {
+            file: file.to_string(),
+            offset,
+            needed: FRAME_HEADER_LEN as u64,
+            available,
+        });
+    }
+    let header = &file_bytes[at..at + FRAME_HEADER_LEN];
+    let mut r = ByteReader::new(header, file, offset);
+    let stored_len = r.u32()? as usize;
+    let raw_len = r.u32()? as usize;
+    let codec = r.u8()?;
+    let expected = r.u32()?;
+    let payload_at = at + FRAME_HEADER_LEN;
+    let payload_available = file_bytes.len() - payload_at;
+    if stored_len > payload_available {
+        return Err(Error::Truncated {
+            file: file.to_string(),
+            offset,
+            needed: (FRAME_HEADER_LEN + stored_len) as u64,
+            available,
+        });
+    }
+    let stored = &file_bytes[payload_at..payload_at + stored_len];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[..FRAME_CRC_OFFSET]);
+    crc.update(stored);
+    let actual = crc.finalize();
+    if actual != expected {
+        return Err(Error::ChecksumMismatch {
+            file: file.to_string(),
+            offset,
+            expected,
+            actual,
+        });
+    }
+    let corrupted = |reason: String| Error::Corrupted {
+        file: file.to_string(),
+        offset,
+        reason,
+    };
+    let payload = match codec {
+        CODEC_NONE => {
+            if raw_len != stored_len {
+                return Err(corrupted(format!(
+                    "uncompressed frame with raw length {raw_len} != stored length {stored_len}"
+                )));
+            }
+            Cow::Borrowed(stored)
+        }
+        CODEC_ZSTD => {
+            if raw_len > MAX_FRAME_PAYLOAD {
+                return Err(corrupted(format!(
+                    "raw length {raw_len} exceeds the frame limit"
+                )));
+            }
+            let raw = zstd::bulk::decompress(stored, raw_len)
+                .map_err(|e| corrupted(format!("zstd payload does not decompress: {e}")))?;
+            if raw.len() != raw_len {
+                return Err(corrupted(format!(
+                    "zstd payload decompressed to {} bytes, header says {raw_len}",
+                    raw.len()
+                )));
+            }
+            Cow::Owned(raw)
+        }
+        other => return Err(corrupted(format!("unknown frame codec {other}"))),
+    };
+    Ok((payload, (payload_at + stored_len) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip_plain_and_zstd() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+        for c in [Compression::None, Compression::Zstd { level: 1 }] {
+            let mut out = vec![0xAA];
+            encode_frame(&mut out, &payload, c).expect("encode");
+            let (p, end) = decode_frame("f", &out, 1).expect("decode");
+            assert_eq!(&*p, &payload[..]);
+            assert_eq!(end as usize, out.len());
+            if c != Compression::None {
+                assert!(
+                    out.len() < payload.len() / 2,
+                    "zstd shrinks repetitive data"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let payload: Vec<u8> = (0..300u32).map(|i| (i * 31 % 251) as u8).collect();
+        for c in [Compression::None, Compression::Zstd { level: 3 }] {
+            let mut out = Vec::new();
+            encode_frame(&mut out, &payload, c).expect("encode");
+            for bit in 0..out.len() * 8 {
+                let mut damaged = out.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    decode_frame("f", &damaged, 0).is_err(),
+                    "flip of bit {bit} went unnoticed ({c:?})"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256), off in 0u64..300) {
+            let _ = decode_frame("f", &bytes, off);
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! The canonical keyed-state snapshot: key-group ordered records with an
+//! offset index, so a restore at another parallelism reads only its key groups.
+//!
+//! ```text
+//! header      magic "SKEY", version 1, flags 0
+//! meta frame  max_parallelism u32 | range start u32 | range end_exclusive u32
+//!             | key codec schema | state count varint | state meta ...
+//!             state meta = name str | kind u8 | namespace schema
+//!                          | value schema count varint | value schemas ...
+//!             schema     = name str | version u32
+//! key groups  for each key group of the range, in order: zero or more frames
+//!             of records; no frame spans two key groups
+//! index frame range start u32 | range length u32 | (length + 1) offsets u64:
+//!             offset[i] is where key group start+i begins, offset[length]
+//!             where the last one ends
+//! footer      index frame offset u64 | crc32 u32 | magic "SKEY"
+//!
+//! record      state index varint | key bytes | namespace bytes | body
+//!   cell      value bytes
+//!   list      element count varint | element bytes ...
+//!   map       user key bytes | user value bytes      (one record per entry)
+//! bytes       = length varint | raw bytes
+//! ```
+
+use std::borrow::Cow;
+
+use super::bytes::{put_bytes, put_schema, put_str, put_varint, ByteReader};
+use super::frame::{
+    decode_frame, encode_frame, Compression, MAX_FRAME_PAYLOAD, TARGET_FRAME_PAYLOAD,
+};
+use super::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN};
+use crate::codec::CodecSchema;
+use crate::error::{Error, Result};
+use crate::key_group::KeyGroupRange;
+use crate::snapshot::handle::KeyedStateHandle;
+use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
+use crate::state::{StateKind, StateMeta, StorageShape};
+
+/// Magic bytes of a keyed snapshot file.
+pub const KEYED_MAGIC: [u8; 4] = *b"SKEY";
+/// The keyed format version this build writes.
+pub const KEYED_FORMAT_VERSION: u16 = 1;
+/// Keyed format versions this build reads.
+pub const KEYED_SUPPORTED_VERSIONS: &[u16] = &[1];
+
+/// What a keyed snapshot holds, as written in its meta frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyedSnapshotMeta {
+    /// The max parallelism the key groups were computed with.
+    pub max_parallelism: u32,
+    /// The key groups the file covers.
+    pub range: KeyGroupRange,
+    /// Schema of the key codec.
+    pub key_codec: CodecSchema,
+    /// The states, indexed by the records' state index.
+    pub states: Vec<StateMeta>,
+}
+
+impl KeyedSnapshotMeta {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.max_parallelism.to_le_bytes());
+        out.extend_from_slice(&self.range.start().to_le_bytes());
+        out.extend_from_slice(&self.range.end_exclusive().to_le_bytes());
+        put_schema(out, &self.key_codec);
+        put_varint(out, self.states.len() as u64);
+        for s in &self.states {
+            put_str(out, &s.name);
+            out.push(s.kind.tag());
+            put_schema(out, &s.namespace);
+            put_varint(out, s.values.len() as u64);
+            for v in &s.values {
+                put_schema(out, v);
+            }
+        }
+    }
+
+    fn decode(r: &mut ByteReader<'_>) -> Result<Self> {
+        let max_parallelism = r.u32()?;
+        let start = r.u32()?;
+        let end_exclusive = r.u32()?;
+        if end_exclusive < start || end_exclusive > max_parallelism {
+            return Err(r.corrupted(format!(
+                "key group range {start}..{end_exclusive} does not fit max parallelism {max_parallelism}"
+            )));
+        }
+        let range = if end_exclusive == start {
+            KeyGroupRange::EMPTY
+        } else {
+            KeyGroupRange::new(start, end_exclusive - 1)
+        };
+        let key_codec = r.schema()?;
+        let n = r.count(7)?;
+        let mut states = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.str()?.to_string();
+            let tag = r.u8()?;
+            let kind = StateKind::from_tag(tag)
+                .ok_or_else(|| r.corrupted(format!("unknown state kind tag {tag}")))?;
+            let namespace = r.schema()?;
+            let count = r.count(5)?;
+            let expected = match kind.shape() {
+                StorageShape::Cell | StorageShape::List => 1,
+                StorageShape::Map => 2,
+            };
+            if count != expected {
+                return Err(r.corrupted(format!(
+                    "state '{name}' ({kind}) has {count} value schemas, expected {expected}"
+                )));
+            }
+            let values = (0..count).map(|_| r.schema()).collect::<Result<Vec<_>>>()?;
+            if states.iter().any(|s: &StateMeta| s.name == name) {
+                return Err(r.corrupted(format!("state '{name}' appears twice")));
+            }
+            states.push(StateMeta {
+                name,
+                kind,
+                namespace,
+                values,
+            });
+        }
+        r.finish("the keyed snapshot meta")?;
+        Ok(KeyedSnapshotMeta {
+            max_parallelism,
+            range,
+            key_codec,
+            states,
+        })
+    }
+}
+
+/// A record's body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordBody<'a> {
+    /// The value of a cell.
+    Cell(&'a [u8]),
+    /// The elements of a list.
+    List(Vec<&'a [u8]>),
+    /// One map entry.
+    MapEntry {
+        /// Encoded user key.
+        key: &'a [u8],
+        /// Encoded user value.
+        value: &'a [u8],
+    },
+}
+
+/// One record of a key group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Index into [`KeyedSnapshotMeta::states`].
+    pub state: u32,
+    /// Encoded key.
+    pub key: &'a [u8],
+    /// Encoded namespace.
+    pub namespace: &'a [u8],
+    /// The body.
+    pub body: RecordBody<'a>,
+}
+
+/// Writes a keyed snapshot to a checkpoint stream.
+///
+/// Call [`KeyedSnapshotWriter::start_key_group`] with increasing key groups of
+/// the range (groups skipped are empty), write records, then
+/// [`KeyedSnapshotWriter::finish`].
+pub struct KeyedSnapshotWriter {
+    out: Box<dyn CheckpointOutputStream>,
+    compression: Compression,
+    meta: KeyedSnapshotMeta,
+    /// `offsets[i]` = start of key group `range.start() + i`; filled as groups start.
+    offsets: Vec<u64>,
+    current: Option<u32>,
+    payload: Vec<u8>,
+    frame: Vec<u8>,
+    checkpoint_id: u64,
+}
+
+impl KeyedSnapshotWriter {
+    /// Starts a file holding `meta`'s states for its key-group range.
+    pub fn new(
+        mut out: Box<dyn CheckpointOutputStream>,
+        meta: KeyedSnapshotMeta,
+        compression: Compression,
+        checkpoint_id: u64,
+    ) -> Result<Self> {
+        let mut buf = Vec::with_capacity(256);
+        encode_header(&mut buf, &KEYED_MAGIC, KEYED_FORMAT_VERSION);
+        let mut m = Vec::new();
+        meta.encode(&mut m);
+        encode_frame(&mut buf, &m, Compression::None)?;
+        out.write_all(&buf)?;
+        Ok(KeyedSnapshotWriter {
+            out,
+            compression,
+            offsets: Vec::with_capacity(meta.range.len() + 1),
+            meta,
+            current: None,
+            payload: Vec::with_capacity(TARGET_FRAME_PAYLOAD + 1024),
+            frame: Vec::with_capacity(TARGET_FRAME_PAYLOAD + 1024),
+            checkpoint_id,
+        })
+    }
+
+    /// The file's meta.
+    pub fn meta(&self) -> &KeyedSnapshotMeta {
+        &self.meta
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.out.position() + self.frame.len() as u64
+    }
+
+    fn flush_payload(&mut self) -> Result<()> {
+        if self.payload.is_empty() {
+            return Ok(());
+        }
+        encode_frame(&mut self.frame, &self.payload, self.compression)?;
+        self.payload.clear();
+        if self.frame.len() >= TARGET_FRAME_PAYLOAD {
+            self.out.write_all(&self.frame)?;
+            self.frame.clear();
+        }
+        Ok(())
+    }
+
+    /// Starts `key_group`; it must be in the range and after the previous one.
+    pub fn start_key_group(&mut self, key_group: u32) -> Result<()> {
+        let range = self.meta.range;
+        let next = self.current.map_or(range.start(), |c| c + 1);
+        if !range.contains(key_group) || key_group < next {
+            return Err(Error::Corrupted {
+                file: "snapshot writer".into(),
+                offset: self.position(),
+                reason: format!(
+                    "key group {key_group} written out of order (next is {next}, range {range})"
+                ),
+            });
+        }
+        self.flush_payload()?;
+        let pos = self.position();
+        while self.offsets.len() <= (key_group - range.start()) as usize {
+            self.offsets.push(pos);
+        }
+        self.current = Some(key_group);
+        Ok(())
+    }
+
+    fn begin_record(
+        &mut self,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        body_len: usize,
+    ) -> Result<()> {
+        if self.current.is_none() {
+            return Err(Error::Corrupted {
+                file: "snapshot writer".into(),
+                offset: self.position(),
+                reason: "record written before start_key_group".into(),
+            });
+        }
+        if state as usize >= self.meta.states.len() {
+            return Err(Error::Corrupted {
+                file: "snapshot writer".into(),
+                offset: self.position(),
+                reason: format!("record of unknown state index {state}"),
+            });
+        }
+        let len = 5 + 10 + key.len() + 10 + namespace.len() + body_len;
+        if len > MAX_FRAME_PAYLOAD {
+            let name = &self.meta.states[state as usize].name;
+            return Err(Error::SizeLimitExceeded {
+                what: format!("a record of state '{name}'"),
+                size: len as u64,
+                limit: MAX_FRAME_PAYLOAD as u64,
+            });
+        }
+        if self.payload.len() + len > MAX_FRAME_PAYLOAD {
+            self.flush_payload()?;
+        }
+        put_varint(&mut self.payload, u64::from(state));
+        put_bytes(&mut self.payload, key);
+        put_bytes(&mut self.payload, namespace);
+        Ok(())
+    }
+
+    fn end_record(&mut self) -> Result<()> {
+        if self.payload.len() >= TARGET_FRAME_PAYLOAD {
+            self.flush_payload()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the value of a cell (value, reducing or aggregating state).
+    pub fn write_cell(
+        &mut self,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        self.begin_record(state, key, namespace, 10 + value.len())?;
+        put_bytes(&mut self.payload, value);
+        self.end_record()
+    }
+
+    /// Writes a list; `encoded_elements` is `count` length-prefixed elements
+    /// (as [`put_bytes`] writes them).
+    pub fn write_list(
+        &mut self,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        count: usize,
+        encoded_elements: &[u8],
+    ) -> Result<()> {
+        self.begin_record(state, key, namespace, 10 + encoded_elements.len())?;
+        put_varint(&mut self.payload, count as u64);
+        self.payload.extend_from_slice(encoded_elements);
+        self.end_record()
+    }
+
+    /// Writes one map entry.
+    pub fn write_map_entry(
+        &mut self,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        user_key: &[u8],
+        user_value: &[u8],
+    ) -> Result<()> {
+        self.begin_record(
+            state,
+            key,
+            namespace,
+            20 + user_key.len() + user_value.len(),
+        )?;
+        put_bytes(&mut self.payload, user_key);
+        put_bytes(&mut self.payload, user_value);
+        self.end_record()
+    }
+
+    /// Writes a record read from another snapshot, under state index `state`.
+    pub fn write_record(&mut self, state: u32, record: &Record<'_>) -> Result<()> {
+        match &record.body {
+            RecordBody::Cell(v) => self.write_cell(state, record.key, record.namespace, v),
+            RecordBody::MapEntry { key, value } => {
+                self.write_map_entry(state, record.key, record.namespace, key, value)
+            }
+            RecordBody::List(elements) => {
+                let mut enc = Vec::with_capacity(elements.iter().map(|e| e.len() + 2).sum());
+                for e in elements {
+                    put_bytes(&mut enc, e);
+                }
+                self.write_list(state, record.key, record.namespace, elements.len(), &enc)
+            }
+        }
+    }
+
+    /// Ends the last key group, writes the index and footer, closes the stream.
+    pub fn finish(mut self) -> Result<KeyedStateHandle> {
+        self.flush_payload()?;
+        let range = self.meta.range;
+        let index_offset = self.position();
+        while self.offsets.len() <= range.len() {
+            self.offsets.push(index_offset);
+        }
+        let mut index = Vec::with_capacity(8 + 8 * self.offsets.len());
+        index.extend_from_slice(&range.start().to_le_bytes());
+        index.extend_from_slice(&(range.len() as u32).to_le_bytes());
+        for o in &self.offsets {
+            index.extend_from_slice(&o.to_le_bytes());
+        }
+        encode_frame(&mut self.frame, &index, Compression::None)?;
+        encode_footer(&mut self.frame, &KEYED_MAGIC, index_offset);
+        self.out.write_all(&self.frame)?;
+        let data = self.out.close_and_get_handle()?;
+        Ok(KeyedStateHandle {
+            checkpoint_id: self.checkpoint_id,
+            data,
+            max_parallelism: self.meta.max_parallelism,
+            range,
+            offsets: self.offsets,
+        })
+    }
+}
+
+/// Reads a keyed snapshot file, checking its envelope, meta and index.
+pub struct KeyedSnapshotReader {
+    bytes: StreamBytes,
+    meta: KeyedSnapshotMeta,
+    /// Offsets of every key group of `meta.range`, plus the end.
+    offsets: Vec<u64>,
+}
+
+impl KeyedSnapshotReader {
+    /// Opens the file a handle names and checks that the handle's offsets agree
+    /// with the file's own index.
+    pub fn open(handle: &KeyedStateHandle) -> Result<Self> {
+        let reader = Self::from_bytes(handle.data.read()?)?;
+        let name = reader.bytes.name().to_string();
+        let corrupted = |reason: String| Error::Corrupted {
+            file: name.clone(),
+            offset: 0,
+            reason,
+        };
+        if handle.max_parallelism != reader.meta.max_parallelism {
+            return Err(corrupted(format!(
+                "handle says max parallelism {}, file says {}",
+                handle.max_parallelism, reader.meta.max_parallelism
+            )));
+        }
+        if handle.offsets.len() != handle.range.len() + 1 {
+            return Err(corrupted(format!(
+                "handle has {} offsets for {} key groups",
+                handle.offsets.len(),
+                handle.range.len()
+            )));
+        }
+        if !handle.range.is_empty() {
+            let Some(i) = reader.meta.range.index_of(handle.range.start()) else {
+                return Err(corrupted(format!(
+                    "handle range {} is not inside the file's range {}",
+                    handle.range, reader.meta.range
+                )));
+            };
+            let file_offsets = reader.offsets.get(i..i + handle.offsets.len());
+            if file_offsets != Some(&handle.offsets[..]) {
+                return Err(corrupted(format!(
+                    "handle offsets for {} differ from the file's index",
+                    handle.range
+                )));
+            }
+        }
+        Ok(reader)
+    }
+
+    /// Opens a self-describing snapshot file from its bytes.
+    pub fn from_bytes(bytes: StreamBytes) -> Result<Self> {
+        let file = bytes.name().to_string();
+        let data = bytes.bytes();
+        let index_offset = check_envelope(&file, data, &KEYED_MAGIC, KEYED_SUPPORTED_VERSIONS)?;
+        let (meta_payload, meta_end) = decode_frame(&file, data, FILE_HEADER_LEN as u64)?;
+        let meta = KeyedSnapshotMeta::decode(&mut ByteReader::new(
+            &meta_payload,
+            &file,
+            FILE_HEADER_LEN as u64,
+        ))?;
+        let (index, index_end) = decode_frame(&file, data, index_offset)?;
+        let footer_at = (data.len() - super::FOOTER_LEN) as u64;
+        if index_end != footer_at {
+            return Err(Error::Corrupted {
+                file,
+                offset: index_offset,
+                reason: format!("index frame ends at {index_end}, footer starts at {footer_at}"),
+            });
+        }
+        let mut r = ByteReader::new(&index, &file, index_offset);
+        let start = r.u32()?;
+        let len = r.u32()? as usize;
+        if start != meta.range.start() && !meta.range.is_empty() || len != meta.range.len() {
+            return Err(r.corrupted(format!(
+                "index covers {len} key groups from {start}, meta says {}",
+                meta.range
+            )));
+        }
+        if r.remaining() != 8 * (len + 1) {
+            return Err(r.corrupted("index length does not match its key group count"));
+        }
+        let mut offsets = Vec::with_capacity(len + 1);
+        let mut prev = meta_end;
+        for _ in 0..=len {
+            let o = r.u64()?;
+            if o < prev || o > index_offset {
+                return Err(r.corrupted(format!("key group offset {o} is out of order")));
+            }
+            prev = o;
+            offsets.push(o);
+        }
+        if offsets.first() != Some(&meta_end) || offsets.last() != Some(&index_offset) {
+            return Err(r.corrupted("key group offsets do not span the data section"));
+        }
+        Ok(KeyedSnapshotReader {
+            bytes,
+            meta,
+            offsets,
+        })
+    }
+
+    /// The file's meta.
+    pub fn meta(&self) -> &KeyedSnapshotMeta {
+        &self.meta
+    }
+
+    /// The name of the file, for errors.
+    pub fn file_name(&self) -> &str {
+        self.bytes.name()
+    }
+
+    /// The decoded frame payloads of `key_group`, with each frame's offset.
+    /// A key group outside the file's range has none.
+    pub fn key_group_frames(&self, key_group: u32) -> Result<Vec<(u64, Cow<'_, [u8]>)>> {
+        let Some(i) = self.meta.range.index_of(key_group) else {
+            return Ok(Vec::new());
+        };
+        let (mut at, end) = (self.offsets[i], self.offsets[i + 1]);
+        let mut frames = Vec::new();
+        while at < end {
+            let (payload, next) = decode_frame(self.bytes.name(), self.bytes.bytes(), at)?;
+            if next > end {
+                return Err(Error::Corrupted {
+                    file: self.file_name().to_string(),
+                    offset: at,
+                    reason: format!(
+                        "frame of key group {key_group} crosses into the next key group"
+                    ),
+                });
+            }
+            frames.push((at, payload));
+            at = next;
+        }
+        Ok(frames)
+    }
+
+    /// Calls `f` for every record of `key_group`, in file order.
+    pub fn for_each_record(
+        &self,
+        key_group: u32,
+        mut f: impl FnMut(Record<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for (offset, payload) in self.key_group_frames(key_group)? {
+            parse_records(
+                self.file_name(),
+                offset,
+                &payload,
+                &self.meta.states,
+                &mut f,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses the records of one frame payload (at `offset` of `file`).
+pub fn parse_records(
+    file: &str,
+    offset: u64,
+    payload: &[u8],
+    states: &[StateMeta],
+    mut f: impl FnMut(Record<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut r = ByteReader::new(payload, file, offset);
+    while !r.is_empty() {
+        let state = r.varint()?;
+        let meta = states
+            .get(state as usize)
+            .ok_or_else(|| r.corrupted(format!("record of unknown state index {state}")))?;
+        let key = r.bytes()?;
+        let namespace = r.bytes()?;
+        let body = match meta.kind.shape() {
+            StorageShape::Cell => RecordBody::Cell(r.bytes()?),
+            StorageShape::List => {
+                let n = r.count(1)?;
+                let mut elements = Vec::with_capacity(n);
+                for _ in 0..n {
+                    elements.push(r.bytes()?);
+                }
+                RecordBody::List(elements)
+            }
+            StorageShape::Map => RecordBody::MapEntry {
+                key: r.bytes()?,
+                value: r.bytes()?,
+            },
+        };
+        f(Record {
+            state: state as u32,
+            key,
+            namespace,
+            body,
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads the bytes a [`StreamStateHandle`] names and opens them as a keyed snapshot.
+pub fn open_keyed_file(handle: &StreamStateHandle) -> Result<KeyedSnapshotReader> {
+    KeyedSnapshotReader::from_bytes(handle.read()?)
+}
