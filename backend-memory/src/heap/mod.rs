@@ -1,0 +1,769 @@
+//! The heap keyed state backend: typed state tables partitioned by key group,
+//! copy-on-write asynchronous snapshots in the canonical format, and restore
+//! with rescaling. Snapshot bytes go to whatever
+//! [`CheckpointStreamFactory`] the caller passes, so file-based backends reuse
+//! this backend as it is.
+
+mod restore;
+pub mod table;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
+use state_api::backend::KeyedBackendParams;
+use state_api::codec::{Compatibility, SharedCodec};
+use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, RecordBody};
+use state_api::key_group::{key_group_for_hash, key_hash};
+use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
+use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
+use state_api::snapshot::SnapshotOptions;
+use state_api::state::handle::{
+    next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
+};
+use state_api::state::{Namespace, StateKey, StateMeta, StateValue};
+use state_api::{Error, KeyGroupRange, Result};
+
+use restore::{PendingSnapshot, RestoredData};
+use table::{
+    codec_error, CellCodec, EntryKey, EntryRef, ErasedTable, ListCodec, ListValue, MapCodec,
+    MapValue, Scratch, StateTable, TableHasher,
+};
+
+type CellTable<K, N, V> = StateTable<K, N, V, CellCodec<V>>;
+type ListTable<K, N, T> = StateTable<K, N, ListValue<T>, ListCodec<T>>;
+type MapTable<K, N, UK, UV> = StateTable<K, N, MapValue<UK, UV>, MapCodec<UK, UV>>;
+
+struct Registered<K> {
+    meta: StateMeta,
+    table: Box<dyn ErasedTable<K>>,
+}
+
+/// Keyed state of one subtask, on the heap.
+pub struct HeapKeyedStateBackend<K: StateKey> {
+    id: u64,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    key_codec: SharedCodec<K>,
+    current: Option<K>,
+    current_group: u32,
+    current_index: usize,
+    key_buf: Vec<u8>,
+    states: Vec<Registered<K>>,
+    restored: Option<Arc<RestoredData>>,
+    /// Restored states not registered yet.
+    pending: Vec<StateMeta>,
+    running: CancellationRegistry,
+    closed: bool,
+}
+
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    /// Creates the backend for `params`, restoring the key groups it owns from
+    /// `restore` (handles of any key-group ranges).
+    pub fn new(params: KeyedBackendParams<K>, restore: &[KeyedStateHandle]) -> Result<Self> {
+        params
+            .key_group_range
+            .check_within(params.max_parallelism)?;
+        let (restored, pending) = if restore.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (data, metas) = RestoredData::read(restore, &params)?;
+            (Some(Arc::new(data)), metas)
+        };
+        Ok(HeapKeyedStateBackend {
+            id: next_backend_instance_id(),
+            max_parallelism: params.max_parallelism,
+            range: params.key_group_range,
+            key_codec: params.key_codec,
+            current: None,
+            current_group: 0,
+            current_index: 0,
+            key_buf: Vec::with_capacity(64),
+            states: Vec::new(),
+            restored,
+            pending,
+            running: CancellationRegistry::default(),
+            closed: false,
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn entry(&self, core: &HandleCore) -> Result<&Registered<K>> {
+        self.check_open()?;
+        if core.backend() != self.id {
+            return Err(Error::ForeignHandle {
+                name: core.name().to_string(),
+            });
+        }
+        self.states
+            .get(core.index())
+            .ok_or_else(|| Error::ForeignHandle {
+                name: core.name().to_string(),
+            })
+    }
+
+    /// The typed table of a handle, the current key and its key-group index.
+    #[inline]
+    fn access<T: 'static>(&mut self, core: &HandleCore) -> Result<(&mut T, &K, usize)> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        if core.backend() != self.id {
+            return Err(Error::ForeignHandle {
+                name: core.name().to_string(),
+            });
+        }
+        let key = self.current.as_ref().ok_or(Error::NoCurrentKey)?;
+        let table = self
+            .states
+            .get_mut(core.index())
+            .and_then(|s| s.table.as_any_mut().downcast_mut::<T>())
+            .ok_or_else(|| Error::ForeignHandle {
+                name: core.name().to_string(),
+            })?;
+        Ok((table, key, self.current_index))
+    }
+
+    /// Registers a state: returns the existing one after checking it matches,
+    /// decodes a restored one, or creates an empty one.
+    fn register<T: ErasedTable<K> + 'static>(
+        &mut self,
+        meta: StateMeta,
+        compat: &[Compatibility],
+        make: impl FnOnce(usize) -> T,
+        fill: impl FnOnce(&mut T, &RestoredData, &StateMeta) -> Result<()>,
+    ) -> Result<HandleCore> {
+        self.check_open()?;
+        if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
+            let existing = &self.states[i];
+            check_same(&existing.meta, &meta)?;
+            if !existing.table.as_any().is::<T>() {
+                return Err(Error::StateKindMismatch {
+                    name: meta.name.clone(),
+                    registered: format!("{} of other types", existing.meta.kind),
+                    requested: format!("{} of {}", meta.kind, std::any::type_name::<T>()),
+                });
+            }
+            return Ok(HandleCore::new(self.id, i as u32, &meta.name));
+        }
+        let mut table = make(self.range.len());
+        if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
+            let written = &self.pending[p];
+            if written.kind != meta.kind {
+                return Err(Error::StateKindMismatch {
+                    name: meta.name.clone(),
+                    registered: written.kind.to_string(),
+                    requested: meta.kind.to_string(),
+                });
+            }
+            if written.namespace != meta.namespace {
+                return Err(Error::IncompatibleCodec {
+                    state: meta.name.clone(),
+                    role: "namespace",
+                    written: written.namespace.clone(),
+                    current: meta.namespace.clone(),
+                });
+            }
+            for (i, c) in compat.iter().enumerate() {
+                if *c == Compatibility::Incompatible {
+                    return Err(Error::IncompatibleCodec {
+                        state: meta.name.clone(),
+                        role: meta.value_roles()[i],
+                        written: written.values[i].clone(),
+                        current: meta.values[i].clone(),
+                    });
+                }
+            }
+            let data = self.restored.clone().ok_or_else(|| Error::Corrupted {
+                file: "restored state".into(),
+                offset: 0,
+                reason: format!("state '{}' is pending without restored data", meta.name),
+            })?;
+            fill(&mut table, &data, written)?;
+            self.pending.remove(p);
+            if self.pending.is_empty() {
+                self.restored = None;
+            }
+        }
+        let i = self.states.len();
+        self.states.push(Registered {
+            meta: meta.clone(),
+            table: Box::new(table),
+        });
+        Ok(HandleCore::new(self.id, i as u32, &meta.name))
+    }
+}
+
+/// Compatibility of a value codec with the schema it was written with.
+fn value_compat<T: 'static>(
+    codec: &SharedCodec<T>,
+    written: Option<&state_api::codec::CodecSchema>,
+) -> Compatibility {
+    written.map_or(Compatibility::AsIs, |w| codec.compatibility(w))
+}
+
+/// A codec that may be migrated decodes through `decode_written`.
+fn decode_value<T: 'static>(
+    codec: &SharedCodec<T>,
+    compat: Compatibility,
+    written: &state_api::codec::CodecSchema,
+    bytes: &[u8],
+    state: &str,
+    role: &'static str,
+) -> Result<T> {
+    match compat {
+        Compatibility::AfterMigration => codec.decode_written(written, bytes),
+        _ => codec.decode(bytes),
+    }
+    .map_err(|e| codec_error(state, role, e))
+}
+
+fn check_same(existing: &StateMeta, requested: &StateMeta) -> Result<()> {
+    if existing.kind != requested.kind {
+        return Err(Error::StateKindMismatch {
+            name: requested.name.clone(),
+            registered: existing.kind.to_string(),
+            requested: requested.kind.to_string(),
+        });
+    }
+    if existing.namespace != requested.namespace {
+        return Err(Error::IncompatibleCodec {
+            state: requested.name.clone(),
+            role: "namespace",
+            written: existing.namespace.clone(),
+            current: requested.namespace.clone(),
+        });
+    }
+    for (i, (a, b)) in existing.values.iter().zip(&requested.values).enumerate() {
+        if a != b {
+            return Err(Error::IncompatibleCodec {
+                state: requested.name.clone(),
+                role: requested.value_roles()[i],
+                written: a.clone(),
+                current: b.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn pending_written<'a>(
+    pending: &'a [StateMeta],
+    name: &str,
+    i: usize,
+) -> Option<&'a state_api::codec::CodecSchema> {
+    pending
+        .iter()
+        .find(|m| m.name == name)
+        .and_then(|m| m.values.get(i))
+}
+
+impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
+    type Key = K;
+
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    #[inline]
+    fn set_current_key(&mut self, key: K) -> Result<()> {
+        self.check_open()?;
+        self.key_buf.clear();
+        self.key_codec
+            .encode(&key, &mut self.key_buf)
+            .map_err(|e| codec_error("<key>", "key", e))?;
+        let group = key_group_for_hash(key_hash(&self.key_buf), self.max_parallelism);
+        let index = self
+            .range
+            .index_of(group)
+            .ok_or(Error::KeyGroupOutOfRange {
+                key_group: group,
+                range: self.range,
+            })?;
+        self.current = Some(key);
+        self.current_group = group;
+        self.current_index = index;
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&K> {
+        self.current.as_ref()
+    }
+
+    fn current_key_group(&self) -> Option<u32> {
+        self.current.as_ref().map(|_| self.current_group)
+    }
+
+    fn register_cell<N: Namespace, V: StateValue>(
+        &mut self,
+        spec: CellSpec<N, V>,
+    ) -> Result<CellHandle<N, V>> {
+        let written = pending_written(&self.pending, &spec.meta.name, 0).cloned();
+        let compat = value_compat(&spec.value_codec, written.as_ref());
+        let (ns_codec, v_codec) = (spec.namespace_codec, spec.value_codec);
+        let key_codec = self.key_codec.clone();
+        let name = spec.meta.name.clone();
+        let (nc, vc) = (ns_codec.clone(), v_codec.clone());
+        let core = self.register(
+            spec.meta,
+            &[compat],
+            |groups| CellTable::<K, N, V>::new(&name, groups, nc, CellCodec(vc)),
+            |table, data, written| {
+                data.for_each_record_of(&written.name, |index, r| {
+                    let RecordBody::Cell(v) = &r.body else {
+                        return Ok(());
+                    };
+                    let key = key_codec
+                        .decode(r.key)
+                        .map_err(|e| codec_error(&name, "key", e))?;
+                    let ns = ns_codec
+                        .decode(r.namespace)
+                        .map_err(|e| codec_error(&name, "namespace", e))?;
+                    let value =
+                        decode_value(&v_codec, compat, &written.values[0], v, &name, "value")?;
+                    table.groups[index].insert(EntryKey(key, ns), value);
+                    Ok(())
+                })
+            },
+        )?;
+        Ok(CellHandle::new(core))
+    }
+
+    fn register_list<N: Namespace, T: StateValue>(
+        &mut self,
+        spec: ListSpec<N, T>,
+    ) -> Result<ListHandle<N, T>> {
+        let written = pending_written(&self.pending, &spec.meta.name, 0).cloned();
+        let compat = value_compat(&spec.element_codec, written.as_ref());
+        let (ns_codec, e_codec) = (spec.namespace_codec, spec.element_codec);
+        let key_codec = self.key_codec.clone();
+        let name = spec.meta.name.clone();
+        let (nc, ec) = (ns_codec.clone(), e_codec.clone());
+        let core = self.register(
+            spec.meta,
+            &[compat],
+            |groups| ListTable::<K, N, T>::new(&name, groups, nc, ListCodec(ec)),
+            |table, data, written| {
+                data.for_each_record_of(&written.name, |index, r| {
+                    let RecordBody::List(elements) = &r.body else {
+                        return Ok(());
+                    };
+                    let key = key_codec
+                        .decode(r.key)
+                        .map_err(|e| codec_error(&name, "key", e))?;
+                    let ns = ns_codec
+                        .decode(r.namespace)
+                        .map_err(|e| codec_error(&name, "namespace", e))?;
+                    let list = elements
+                        .iter()
+                        .map(|e| {
+                            decode_value(&e_codec, compat, &written.values[0], e, &name, "element")
+                        })
+                        .collect::<Result<Vec<T>>>()?;
+                    if !list.is_empty() {
+                        table.groups[index].insert(EntryKey(key, ns), Arc::new(list));
+                    }
+                    Ok(())
+                })
+            },
+        )?;
+        Ok(ListHandle::new(core))
+    }
+
+    fn register_map<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        spec: MapSpec<N, UK, UV>,
+    ) -> Result<MapHandle<N, UK, UV>> {
+        let name = spec.meta.name.clone();
+        let written_key = pending_written(&self.pending, &name, 0).cloned();
+        let written_value = pending_written(&self.pending, &name, 1).cloned();
+        // User keys are part of the entry's identity: they are never migrated.
+        let key_compat = match value_compat(&spec.user_key_codec, written_key.as_ref()) {
+            Compatibility::AsIs => Compatibility::AsIs,
+            _ => Compatibility::Incompatible,
+        };
+        let value_compat = value_compat(&spec.user_value_codec, written_value.as_ref());
+        let (ns_codec, uk_codec, uv_codec) = (
+            spec.namespace_codec,
+            spec.user_key_codec,
+            spec.user_value_codec,
+        );
+        let key_codec = self.key_codec.clone();
+        let (nc, ukc, uvc) = (ns_codec.clone(), uk_codec.clone(), uv_codec.clone());
+        let core = self.register(
+            spec.meta,
+            &[key_compat, value_compat],
+            |groups| MapTable::<K, N, UK, UV>::new(&name, groups, nc, MapCodec(ukc, uvc)),
+            |table, data, written| {
+                data.for_each_record_of(&written.name, |index, r| {
+                    let RecordBody::MapEntry { key: uk, value: uv } = &r.body else {
+                        return Ok(());
+                    };
+                    let key = key_codec
+                        .decode(r.key)
+                        .map_err(|e| codec_error(&name, "key", e))?;
+                    let ns = ns_codec
+                        .decode(r.namespace)
+                        .map_err(|e| codec_error(&name, "namespace", e))?;
+                    let uk = uk_codec
+                        .decode(uk)
+                        .map_err(|e| codec_error(&name, "user key", e))?;
+                    let uv = decode_value(
+                        &uv_codec,
+                        value_compat,
+                        &written.values[1],
+                        uv,
+                        &name,
+                        "user value",
+                    )?;
+                    let group = &mut table.groups[index];
+                    let entry = EntryKey(key, ns);
+                    match group.get_mut(&entry) {
+                        Some(map) => {
+                            map.insert(uk, uv);
+                        }
+                        None => {
+                            let mut map = MapValue::with_hasher(TableHasher::default());
+                            map.insert(uk, uv);
+                            group.insert(entry, map);
+                        }
+                    }
+                    Ok(())
+                })
+            },
+        )?;
+        Ok(MapHandle::new(core))
+    }
+
+    fn state_metas(&self) -> Vec<StateMeta> {
+        self.states
+            .iter()
+            .map(|s| s.meta.clone())
+            .chain(self.pending.iter().cloned())
+            .collect()
+    }
+
+    #[inline]
+    fn cell_get<N: Namespace, V: StateValue, R>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        read: impl FnOnce(Option<&V>) -> R,
+    ) -> Result<R> {
+        let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        Ok(read(table.groups[index].get(&EntryRef(key, namespace))))
+    }
+
+    #[inline]
+    fn cell_put<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        value: V,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        let group = &mut table.groups[index];
+        match group.get_mut(&EntryRef(key, namespace)) {
+            Some(slot) => *slot = value,
+            None => {
+                group.insert(EntryKey(key.clone(), namespace.clone()), value);
+            }
+        }
+        Ok(())
+    }
+
+    fn cell_take<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+    ) -> Result<Option<V>> {
+        let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        Ok(table.groups[index].remove(&EntryRef(key, namespace)))
+    }
+
+    #[inline]
+    fn cell_upsert<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        update: impl FnOnce(Option<&mut V>) -> Option<V>,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        let group = &mut table.groups[index];
+        match group.get_mut(&EntryRef(key, namespace)) {
+            Some(slot) => {
+                update(Some(slot));
+            }
+            None => {
+                if let Some(v) = update(None) {
+                    group.insert(EntryKey(key.clone(), namespace.clone()), v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn list_get<N: Namespace, T: StateValue, R>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        read: impl FnOnce(&[T]) -> R,
+    ) -> Result<R> {
+        let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        Ok(match table.groups[index].get(&EntryRef(key, namespace)) {
+            Some(list) => read(list),
+            None => read(&[]),
+        })
+    }
+
+    fn list_append<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        elements: Vec<T>,
+    ) -> Result<()> {
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        let group = &mut table.groups[index];
+        match group.get_mut(&EntryRef(key, namespace)) {
+            Some(list) => Arc::make_mut(list).extend(elements),
+            None => {
+                group.insert(EntryKey(key.clone(), namespace.clone()), Arc::new(elements));
+            }
+        }
+        Ok(())
+    }
+
+    fn list_replace<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        elements: Vec<T>,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        let group = &mut table.groups[index];
+        if elements.is_empty() {
+            group.remove(&EntryRef(key, namespace));
+        } else {
+            group.insert(EntryKey(key.clone(), namespace.clone()), Arc::new(elements));
+        }
+        Ok(())
+    }
+
+    fn list_take<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+    ) -> Result<Vec<T>> {
+        let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        Ok(table.groups[index]
+            .remove(&EntryRef(key, namespace))
+            .map(|list| Arc::try_unwrap(list).unwrap_or_else(|shared| (*shared).clone()))
+            .unwrap_or_default())
+    }
+
+    fn map_get<N: Namespace, UK: StateKey, UV: StateValue, R>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+        user_key: &UK,
+        read: impl FnOnce(Option<&UV>) -> R,
+    ) -> Result<R> {
+        let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        Ok(read(
+            table.groups[index]
+                .get(&EntryRef(key, namespace))
+                .and_then(|m| m.get(user_key)),
+        ))
+    }
+
+    fn map_put<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+        user_key: UK,
+        user_value: UV,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        let group = &mut table.groups[index];
+        match group.get_mut(&EntryRef(key, namespace)) {
+            Some(map) => {
+                map.insert(user_key, user_value);
+            }
+            None => {
+                let mut map = MapValue::with_hasher(TableHasher::default());
+                map.insert(user_key, user_value);
+                group.insert(EntryKey(key.clone(), namespace.clone()), map);
+            }
+        }
+        Ok(())
+    }
+
+    fn map_remove<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        let group = &mut table.groups[index];
+        let entry = EntryRef(key, namespace);
+        let Some(map) = group.get_mut(&entry) else {
+            return Ok(None);
+        };
+        let removed = map.remove(user_key);
+        if map.is_empty() {
+            group.remove(&entry);
+        }
+        Ok(removed)
+    }
+
+    fn map_entries<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+    ) -> Result<Vec<(UK, UV)>> {
+        let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        Ok(table.groups[index]
+            .get(&EntryRef(key, namespace))
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn map_is_empty<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+    ) -> Result<bool> {
+        let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        Ok(table.groups[index]
+            .get(&EntryRef(key, namespace))
+            .is_none_or(|m| m.is_empty()))
+    }
+
+    fn map_clear<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        table.groups[index].remove(&EntryRef(key, namespace));
+        Ok(())
+    }
+
+    fn keys<H: StateHandle>(&mut self, state: &H, namespace: &H::Namespace) -> Result<Vec<K>> {
+        let entry = self.entry(state.core())?;
+        entry
+            .table
+            .keys(namespace as &dyn Any)
+            .ok_or_else(|| Error::ForeignHandle {
+                name: state.core().name().to_string(),
+            })
+    }
+
+    fn keys_and_namespaces<H: StateHandle>(&mut self, state: &H) -> Result<Vec<(K, H::Namespace)>> {
+        let entry = self.entry(state.core())?;
+        entry
+            .table
+            .keys_and_namespaces()
+            .downcast::<Vec<(K, H::Namespace)>>()
+            .map(|b| *b)
+            .map_err(|_| Error::ForeignHandle {
+                name: state.core().name().to_string(),
+            })
+    }
+
+    fn num_entries(&self) -> Result<usize> {
+        self.check_open()?;
+        let registered: usize = self.states.iter().map(|s| s.table.len()).sum();
+        let pending = match &self.restored {
+            Some(data) if !self.pending.is_empty() => data.count_entries(&self.pending)?,
+            _ => 0,
+        };
+        Ok(registered + pending)
+    }
+
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        streams: Arc<dyn CheckpointStreamFactory>,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+        self.check_open()?;
+        if self.states.is_empty() && self.pending.is_empty() {
+            return Ok(SnapshotTask::ready(None));
+        }
+        // The synchronous part: share every table's key-group maps (one
+        // reference count per key group) and the restored bytes; copy nothing.
+        let tables: Vec<_> = self.states.iter().map(|s| s.table.snapshot()).collect();
+        let mut metas: Vec<StateMeta> = self.states.iter().map(|s| s.meta.clone()).collect();
+        let pending = match &self.restored {
+            Some(data) if !self.pending.is_empty() => {
+                let indices: HashMap<String, u32> = self
+                    .pending
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.name.clone(), (metas.len() + i) as u32))
+                    .collect();
+                metas.extend(self.pending.iter().cloned());
+                Some(PendingSnapshot::new(data.clone(), &indices))
+            }
+            _ => None,
+        };
+        let meta = KeyedSnapshotMeta {
+            max_parallelism: self.max_parallelism,
+            range: self.range,
+            key_codec: self.key_codec.schema(),
+            states: metas,
+        };
+        let key_codec = self.key_codec.clone();
+        let range = self.range;
+        Ok(SnapshotTask::new(self.running.register(), move |cancel| {
+            let out = streams.create_stream(StreamScope::Exclusive)?;
+            let mut writer =
+                KeyedSnapshotWriter::new(out, meta, options.compression, checkpoint_id)?;
+            let mut scratch = Scratch::default();
+            for (index, kg) in range.iter().enumerate() {
+                cancel.check("keyed state snapshot")?;
+                writer.start_key_group(kg)?;
+                for (state, table) in tables.iter().enumerate() {
+                    table.write_key_group(
+                        index,
+                        state as u32,
+                        &*key_codec,
+                        &mut writer,
+                        &mut scratch,
+                    )?;
+                }
+                if let Some(p) = &pending {
+                    p.write_key_group(index, &mut writer)?;
+                }
+            }
+            writer.finish().map(Some)
+        }))
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.running.cancel_all();
+        self.states.clear();
+        self.restored = None;
+        self.pending.clear();
+        self.current = None;
+    }
+}

@@ -1,0 +1,237 @@
+//! Restore: reading the key groups a backend owns out of canonical snapshots.
+//!
+//! State types are known only when a state is registered, so a restore first
+//! reads, checks and keeps the decoded frames of its key groups; each state is
+//! decoded into its typed table when it is registered. Restored states that
+//! are never registered are written, record for record, into later snapshots.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use state_api::backend::KeyedBackendParams;
+use state_api::codec::Compatibility;
+use state_api::format::keyed::{parse_records, KeyedSnapshotReader, KeyedSnapshotWriter, Record};
+use state_api::key_group::{key_group_for_hash, key_hash};
+use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::state::StateMeta;
+use state_api::{Error, Result};
+
+/// One snapshot file a restore read from.
+pub(crate) struct RestoredSource {
+    pub(crate) file: String,
+    pub(crate) states: Vec<StateMeta>,
+}
+
+/// One decoded frame of a key group.
+pub(crate) struct RestoredFrame {
+    pub(crate) source: u32,
+    pub(crate) offset: u64,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The frames of every key group of the backend's range, from every handle.
+pub(crate) struct RestoredData {
+    pub(crate) sources: Vec<RestoredSource>,
+    /// Indexed by position in the backend's key-group range.
+    pub(crate) groups: Vec<Vec<RestoredFrame>>,
+}
+
+impl RestoredData {
+    /// Reads and checks `handles`, keeping the frames of `params`' key groups.
+    /// Returns the data and the metas of every restored state.
+    pub(crate) fn read<K: 'static>(
+        handles: &[KeyedStateHandle],
+        params: &KeyedBackendParams<K>,
+    ) -> Result<(RestoredData, Vec<StateMeta>)> {
+        let range = params.key_group_range;
+        let mut data = RestoredData {
+            sources: Vec::with_capacity(handles.len()),
+            groups: (0..range.len()).map(|_| Vec::new()).collect(),
+        };
+        let mut metas: Vec<StateMeta> = Vec::new();
+        for handle in handles {
+            let reader = KeyedSnapshotReader::open(handle)?;
+            let file = reader.file_name().to_string();
+            let meta = reader.meta();
+            if meta.max_parallelism != params.max_parallelism {
+                return Err(Error::MaxParallelismMismatch {
+                    file,
+                    snapshot: meta.max_parallelism,
+                    backend: params.max_parallelism,
+                });
+            }
+            let key_compat = params.key_codec.compatibility(&meta.key_codec);
+            if key_compat != Compatibility::AsIs {
+                return Err(Error::IncompatibleCodec {
+                    state: "<key>".into(),
+                    role: "key",
+                    written: meta.key_codec.clone(),
+                    current: params.key_codec.schema(),
+                });
+            }
+            for s in &meta.states {
+                match metas.iter().find(|m| m.name == s.name) {
+                    None => metas.push(s.clone()),
+                    Some(m) if m == s => {}
+                    Some(m) => {
+                        return Err(Error::StateKindMismatch {
+                            name: s.name.clone(),
+                            registered: format!("{} {:?} in another handle", m.kind, m.values),
+                            requested: format!("{} {:?} in {file}", s.kind, s.values),
+                        })
+                    }
+                }
+            }
+            let source = data.sources.len() as u32;
+            let own = handle.range.intersection(&range);
+            for kg in own.iter() {
+                let index = (kg - range.start()) as usize;
+                for (offset, payload) in reader.key_group_frames(kg)? {
+                    check_frame(
+                        &file,
+                        offset,
+                        &payload,
+                        &meta.states,
+                        kg,
+                        params.max_parallelism,
+                    )?;
+                    data.groups[index].push(RestoredFrame {
+                        source,
+                        offset,
+                        payload: payload.into_owned(),
+                    });
+                }
+            }
+            data.sources.push(RestoredSource {
+                file,
+                states: meta.states.clone(),
+            });
+        }
+        Ok((data, metas))
+    }
+
+    /// Calls `f(key group index, record)` for every record of state `name`.
+    pub(crate) fn for_each_record_of(
+        &self,
+        name: &str,
+        mut f: impl FnMut(usize, &Record<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let wanted: Vec<Option<u32>> = self
+            .sources
+            .iter()
+            .map(|s| {
+                s.states
+                    .iter()
+                    .position(|m| m.name == name)
+                    .map(|i| i as u32)
+            })
+            .collect();
+        for (index, frames) in self.groups.iter().enumerate() {
+            for frame in frames {
+                let source = &self.sources[frame.source as usize];
+                let Some(want) = wanted[frame.source as usize] else {
+                    continue;
+                };
+                parse_records(
+                    &source.file,
+                    frame.offset,
+                    &frame.payload,
+                    &source.states,
+                    |r| {
+                        if r.state == want {
+                            f(index, &r)
+                        } else {
+                            Ok(())
+                        }
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of (key, namespace) entries of the named states.
+    pub(crate) fn count_entries(&self, names: &[StateMeta]) -> Result<usize> {
+        let mut n = 0;
+        for meta in names {
+            let mut seen = std::collections::HashSet::new();
+            self.for_each_record_of(&meta.name, |index, r| {
+                seen.insert((index, r.key.to_vec(), r.namespace.to_vec()));
+                Ok(())
+            })?;
+            n += seen.len();
+        }
+        Ok(n)
+    }
+}
+
+/// Checks that every record of a frame parses and that its key belongs to `kg`.
+fn check_frame(
+    file: &str,
+    offset: u64,
+    payload: &[u8],
+    states: &[StateMeta],
+    kg: u32,
+    max_parallelism: u32,
+) -> Result<()> {
+    parse_records(file, offset, payload, states, |r| {
+        let actual = key_group_for_hash(key_hash(r.key), max_parallelism);
+        if actual == kg {
+            Ok(())
+        } else {
+            Err(Error::Corrupted {
+                file: file.to_string(),
+                offset,
+                reason: format!("a key of key group {actual} is stored under key group {kg}"),
+            })
+        }
+    })
+}
+
+/// Restored states not registered yet, written as they were read.
+pub(crate) struct PendingSnapshot {
+    pub(crate) data: Arc<RestoredData>,
+    /// Per source: source state index -> state index in the new snapshot.
+    pub(crate) mapping: Vec<Vec<Option<u32>>>,
+}
+
+impl PendingSnapshot {
+    pub(crate) fn new(data: Arc<RestoredData>, pending: &HashMap<String, u32>) -> Self {
+        let mapping = data
+            .sources
+            .iter()
+            .map(|s| {
+                s.states
+                    .iter()
+                    .map(|m| pending.get(&m.name).copied())
+                    .collect()
+            })
+            .collect();
+        PendingSnapshot { data, mapping }
+    }
+
+    pub(crate) fn write_key_group(
+        &self,
+        index: usize,
+        writer: &mut KeyedSnapshotWriter,
+    ) -> Result<()> {
+        let Some(frames) = self.data.groups.get(index) else {
+            return Ok(());
+        };
+        for frame in frames {
+            let source = &self.data.sources[frame.source as usize];
+            let mapping = &self.mapping[frame.source as usize];
+            parse_records(
+                &source.file,
+                frame.offset,
+                &frame.payload,
+                &source.states,
+                |r| match mapping.get(r.state as usize).copied().flatten() {
+                    Some(new) => writer.write_record(new, &r),
+                    None => Ok(()),
+                },
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,318 @@
+//! Typed state tables: one persistent hash map per key group per state.
+//!
+//! Each key group's entries live in an [`imbl::GenericHashMap`], a hash array
+//! mapped trie whose nodes are shared through reference counts. Taking a
+//! snapshot clones the per-key-group maps — one reference-count increment per
+//! key group, no entry copied. A later write copies only the trie path to the
+//! entry it touches, and only while a snapshot still shares that path: this is
+//! Flink's epoch-versioned copy-on-write, with the reference count as the epoch.
+
+use std::any::Any;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use equivalent::Equivalent;
+use state_api::codec::{Codec, SharedCodec};
+use state_api::format::bytes::put_bytes;
+use state_api::format::keyed::KeyedSnapshotWriter;
+use state_api::state::{Namespace, StateKey, StateValue};
+use state_api::{Error, Result};
+
+/// The hasher of in-memory tables. Per-process seeded: it only places entries
+/// in memory and is never persisted (key groups use their own fixed hash).
+pub type TableHasher = foldhash::fast::RandomState;
+
+/// A persistent map of one key group.
+pub type GroupMap<K, N, S> =
+    imbl::GenericHashMap<EntryKey<K, N>, S, TableHasher, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// The key of a table entry: (key, namespace).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct EntryKey<K, N>(pub K, pub N);
+
+/// A borrowed (key, namespace) for lookups without cloning.
+pub struct EntryRef<'a, K, N>(pub &'a K, pub &'a N);
+
+impl<K: Hash, N: Hash> Hash for EntryRef<'_, K, N> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Same sequence of hashes as the derived `Hash` of `EntryKey`.
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl<K: Eq, N: Eq> Equivalent<EntryKey<K, N>> for EntryRef<'_, K, N> {
+    fn equivalent(&self, key: &EntryKey<K, N>) -> bool {
+        *self.0 == key.0 && *self.1 == key.1
+    }
+}
+
+/// Encodes one stored value into snapshot records.
+pub trait ShapeCodec<S>: Send + Sync + 'static {
+    /// Writes the records of one (key, namespace) entry.
+    fn write(
+        &self,
+        name: &str,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        value: &S,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()>;
+}
+
+/// Reusable encoding buffers of a snapshot writer.
+#[derive(Default)]
+pub struct Scratch {
+    /// Encoded key.
+    pub key: Vec<u8>,
+    /// Encoded namespace.
+    pub namespace: Vec<u8>,
+    /// Encoded value or list body.
+    pub value: Vec<u8>,
+    /// Encoded element or user key.
+    pub item: Vec<u8>,
+}
+
+pub(crate) fn codec_error(
+    state: &str,
+    role: &'static str,
+    e: state_api::codec::CodecError,
+) -> Error {
+    Error::Codec {
+        state: state.to_string(),
+        role,
+        message: e.0,
+    }
+}
+
+pub(crate) fn encode_into<T: 'static>(
+    codec: &dyn Codec<T>,
+    v: &T,
+    out: &mut Vec<u8>,
+    state: &str,
+    role: &'static str,
+) -> Result<()> {
+    out.clear();
+    codec
+        .encode(v, out)
+        .map_err(|e| codec_error(state, role, e))
+}
+
+/// Cells: one value per entry.
+pub struct CellCodec<V>(pub SharedCodec<V>);
+
+impl<V: StateValue> ShapeCodec<V> for CellCodec<V> {
+    fn write(
+        &self,
+        name: &str,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        value: &V,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        encode_into(&*self.0, value, &mut scratch.value, name, "value")?;
+        writer.write_cell(state, key, namespace, &scratch.value)
+    }
+}
+
+/// Lists: shared vectors, copied on write only while a snapshot holds them.
+pub type ListValue<T> = Arc<Vec<T>>;
+
+/// Lists: all elements in one record.
+pub struct ListCodec<T>(pub SharedCodec<T>);
+
+impl<T: StateValue> ShapeCodec<ListValue<T>> for ListCodec<T> {
+    fn write(
+        &self,
+        name: &str,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        value: &ListValue<T>,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        scratch.value.clear();
+        for e in value.iter() {
+            encode_into(&*self.0, e, &mut scratch.item, name, "element")?;
+            put_bytes(&mut scratch.value, &scratch.item);
+        }
+        writer.write_list(state, key, namespace, value.len(), &scratch.value)
+    }
+}
+
+/// Maps: a persistent map per entry, so a snapshot shares it too.
+pub type MapValue<UK, UV> =
+    imbl::GenericHashMap<UK, UV, TableHasher, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// Maps: one record per user entry.
+pub struct MapCodec<UK, UV>(pub SharedCodec<UK>, pub SharedCodec<UV>);
+
+impl<UK: StateKey, UV: StateValue> ShapeCodec<MapValue<UK, UV>> for MapCodec<UK, UV> {
+    fn write(
+        &self,
+        name: &str,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        value: &MapValue<UK, UV>,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        for (uk, uv) in value.iter() {
+            encode_into(&*self.0, uk, &mut scratch.item, name, "user key")?;
+            encode_into(&*self.1, uv, &mut scratch.value, name, "user value")?;
+            writer.write_map_entry(state, key, namespace, &scratch.item, &scratch.value)?;
+        }
+        Ok(())
+    }
+}
+
+/// The state of one registered state: a map per key group of the backend's range.
+pub struct StateTable<K, N, S, C> {
+    pub(crate) name: Arc<str>,
+    pub(crate) groups: Vec<GroupMap<K, N, S>>,
+    pub(crate) namespace_codec: SharedCodec<N>,
+    pub(crate) codec: Arc<C>,
+}
+
+impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> StateTable<K, N, S, C> {
+    /// An empty table for `key_groups` key groups.
+    pub fn new(name: &str, key_groups: usize, namespace_codec: SharedCodec<N>, codec: C) -> Self {
+        let hasher = TableHasher::default();
+        StateTable {
+            name: Arc::from(name),
+            groups: (0..key_groups)
+                .map(|_| GroupMap::with_hasher(hasher.clone()))
+                .collect(),
+            namespace_codec,
+            codec: Arc::new(codec),
+        }
+    }
+}
+
+/// A point-in-time copy of a table, sharing its entries.
+pub struct TableSnapshot<K, N, S, C> {
+    name: Arc<str>,
+    groups: Vec<GroupMap<K, N, S>>,
+    namespace_codec: SharedCodec<N>,
+    codec: Arc<C>,
+}
+
+/// What the backend needs of a table without knowing its types.
+pub trait ErasedTable<K>: Send {
+    /// For typed access.
+    fn as_any(&self) -> &dyn Any;
+    /// For typed access.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Number of (key, namespace) entries.
+    fn len(&self) -> usize;
+    /// Shares the current entries with a snapshot: O(key groups).
+    fn snapshot(&self) -> Box<dyn ErasedTableSnapshot<K>>;
+    /// Keys with an entry in `namespace` (a `&N` as `&dyn Any`).
+    fn keys(&self, namespace: &dyn Any) -> Option<Vec<K>>;
+    /// Every (key, namespace) pair, boxed as `Vec<(K, N)>`.
+    fn keys_and_namespaces(&self) -> Box<dyn Any>;
+}
+
+/// The asynchronous part's view of a table snapshot.
+pub trait ErasedTableSnapshot<K>: Send {
+    /// Writes the records of the key group at `index` of the range under state index `state`.
+    fn write_key_group(
+        &self,
+        index: usize,
+        state: u32,
+        key_codec: &dyn Codec<K>,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()>;
+}
+
+impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTable<K>
+    for StateTable<K, N, S, C>
+{
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.groups.iter().map(|g| g.len()).sum()
+    }
+
+    fn snapshot(&self) -> Box<dyn ErasedTableSnapshot<K>> {
+        Box::new(TableSnapshot {
+            name: self.name.clone(),
+            groups: self.groups.clone(),
+            namespace_codec: self.namespace_codec.clone(),
+            codec: self.codec.clone(),
+        })
+    }
+
+    fn keys(&self, namespace: &dyn Any) -> Option<Vec<K>> {
+        let ns = namespace.downcast_ref::<N>()?;
+        Some(
+            self.groups
+                .iter()
+                .flat_map(|g| g.keys())
+                .filter(|e| e.1 == *ns)
+                .map(|e| e.0.clone())
+                .collect(),
+        )
+    }
+
+    fn keys_and_namespaces(&self) -> Box<dyn Any> {
+        let all: Vec<(K, N)> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.keys())
+            .map(|e| (e.0.clone(), e.1.clone()))
+            .collect();
+        Box::new(all)
+    }
+}
+
+impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTableSnapshot<K>
+    for TableSnapshot<K, N, S, C>
+{
+    fn write_key_group(
+        &self,
+        index: usize,
+        state: u32,
+        key_codec: &dyn Codec<K>,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let Some(group) = self.groups.get(index) else {
+            return Ok(());
+        };
+        for (entry, value) in group.iter() {
+            encode_into(key_codec, &entry.0, &mut scratch.key, &self.name, "key")?;
+            encode_into(
+                &*self.namespace_codec,
+                &entry.1,
+                &mut scratch.namespace,
+                &self.name,
+                "namespace",
+            )?;
+            let (key, namespace) = (
+                std::mem::take(&mut scratch.key),
+                std::mem::take(&mut scratch.namespace),
+            );
+            let r = self
+                .codec
+                .write(&self.name, state, &key, &namespace, value, writer, scratch);
+            scratch.key = key;
+            scratch.namespace = namespace;
+            r?;
+        }
+        Ok(())
+    }
+}
