@@ -1,0 +1,1 @@
+//! Operator state: list, union list and broadcast state; snapshots; redistribution.

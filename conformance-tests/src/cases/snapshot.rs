@@ -1,0 +1,1 @@
+//! Snapshots and restore: empty snapshots, asynchronous isolation, cancellation, rescaling.

@@ -1,0 +1,130 @@
+//! Helpers shared by the cases: creating subtask backends, taking snapshots,
+//! restoring at another parallelism.
+
+use state_api::backend::KeyedBackendParams;
+use state_api::codec::{postcard, SharedCodec};
+use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
+use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
+use state_api::snapshot::SnapshotOptions;
+use state_api::state::StateKey;
+use state_api::{KeyedStateBackend, OperatorStateBackend, Result, StateBackend};
+
+/// The max parallelism most cases use.
+pub const MAX_PARALLELISM: u32 = 128;
+
+/// A keyed backend for subtask `index` of `parallelism`, with the default
+/// codec for `K`, restored from `restore`.
+pub fn keyed<S: StateBackend, K>(
+    backend: &S,
+    max_parallelism: u32,
+    parallelism: u32,
+    index: u32,
+    restore: &[KeyedStateHandle],
+) -> Result<S::Keyed<K>>
+where
+    K: StateKey + serde::Serialize + serde::de::DeserializeOwned,
+{
+    keyed_with_codec(
+        backend,
+        max_parallelism,
+        parallelism,
+        index,
+        postcard::<K>(),
+        restore,
+    )
+}
+
+/// Like [`keyed`], with a key codec of the caller's choosing.
+pub fn keyed_with_codec<S: StateBackend, K: StateKey>(
+    backend: &S,
+    max_parallelism: u32,
+    parallelism: u32,
+    index: u32,
+    key_codec: SharedCodec<K>,
+    restore: &[KeyedStateHandle],
+) -> Result<S::Keyed<K>> {
+    let params = KeyedBackendParams::for_subtask(max_parallelism, parallelism, index, key_codec)?;
+    backend.create_keyed_backend(params, restore)
+}
+
+/// A single keyed backend owning every key group of [`MAX_PARALLELISM`].
+pub fn single<S: StateBackend, K>(backend: &S) -> Result<S::Keyed<K>>
+where
+    K: StateKey + serde::Serialize + serde::de::DeserializeOwned,
+{
+    keyed(backend, MAX_PARALLELISM, 1, 0, &[])
+}
+
+/// Takes a snapshot and runs its asynchronous part on the calling thread.
+pub fn snapshot<S: StateBackend, B: KeyedStateBackend>(
+    backend: &S,
+    keyed: &mut B,
+    checkpoint_id: u64,
+) -> Result<Option<KeyedStateHandle>> {
+    keyed
+        .snapshot(
+            checkpoint_id,
+            backend.stream_factory(checkpoint_id)?,
+            SnapshotOptions::default(),
+        )?
+        .run()
+}
+
+/// Snapshots an operator backend synchronously.
+pub fn snapshot_operator<S: StateBackend, O: OperatorStateBackend>(
+    backend: &S,
+    operator: &mut O,
+    checkpoint_id: u64,
+) -> Result<Option<OperatorStateHandle>> {
+    operator
+        .snapshot(
+            checkpoint_id,
+            backend.stream_factory(checkpoint_id)?,
+            SnapshotOptions::default(),
+        )?
+        .run()
+}
+
+/// Restores the keyed handles of all old subtasks into `new_parallelism`
+/// backends (the coordinator's assignment, then each subtask's restore).
+pub fn rescale_keyed<S: StateBackend, K>(
+    backend: &S,
+    handles: &[KeyedStateHandle],
+    max_parallelism: u32,
+    new_parallelism: u32,
+) -> Result<Vec<S::Keyed<K>>>
+where
+    K: StateKey + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let assigned = assign_keyed_state(handles, new_parallelism, max_parallelism)?;
+    assigned
+        .iter()
+        .enumerate()
+        .map(|(i, restore)| keyed(backend, max_parallelism, new_parallelism, i as u32, restore))
+        .collect()
+}
+
+/// Restores operator handles of all old subtasks into `new_parallelism` backends.
+pub fn rescale_operator<S: StateBackend>(
+    backend: &S,
+    handles: &[OperatorStateHandle],
+    new_parallelism: u32,
+) -> Result<Vec<state_api::DefaultOperatorStateBackend>> {
+    assign_operator_state(handles, new_parallelism)?
+        .iter()
+        .map(|restore| backend.create_operator_backend(restore))
+        .collect()
+}
+
+/// Which subtask of `parallelism` owns `key`.
+pub fn owner<K>(key: &K, max_parallelism: u32, parallelism: u32) -> Result<u32>
+where
+    K: serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    let mut bytes = Vec::new();
+    postcard::<K>()
+        .encode(key, &mut bytes)
+        .map_err(state_api::Error::user)?;
+    let kg = state_api::key_group::key_group_for_bytes(&bytes, max_parallelism)?;
+    state_api::key_group::operator_index_for_key_group(kg, parallelism, max_parallelism)
+}

@@ -1,0 +1,1 @@
+//! Model-based property tests against a `BTreeMap` reference model.
