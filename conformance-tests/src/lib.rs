@@ -13,6 +13,7 @@
 
 pub mod cases;
 pub mod harness;
+pub mod job;
 pub mod model;
 
 pub use state_api::StateBackend;
