@@ -1,0 +1,277 @@
+//! Every decoder gets arbitrary bytes and returns an error, never panics; and
+//! every single-bit flip of a snapshot file is detected.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use state_api::codec::CodecSchema;
+use state_api::format::frame::Compression;
+use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter};
+use state_api::format::operator::{
+    read_operator_bytes, write_operator_snapshot, OperatorStateData, OperatorStateMeta,
+};
+use state_api::snapshot::handle::{
+    Distribution, KeyedStateHandle, OperatorStateHandle, OperatorStatePart,
+};
+use state_api::snapshot::stream::{
+    CheckpointStreamFactory, MemoryCheckpointStreamFactory, StreamBytes, StreamScope,
+    StreamStateHandle,
+};
+use state_api::state::{StateKind, StateMeta};
+use state_api::{ErrorKind, KeyGroupRange, Result};
+
+fn schema(name: &str) -> CodecSchema {
+    CodecSchema::new(name, 1)
+}
+
+fn meta() -> KeyedSnapshotMeta {
+    let state = |name: &str, kind: StateKind, values: Vec<CodecSchema>| StateMeta {
+        name: name.into(),
+        kind,
+        namespace: schema("ns"),
+        values,
+    };
+    KeyedSnapshotMeta {
+        max_parallelism: 16,
+        range: KeyGroupRange::new(4, 9),
+        key_codec: schema("key"),
+        states: vec![
+            state("v", StateKind::Value, vec![schema("v")]),
+            state("l", StateKind::List, vec![schema("e")]),
+            state("m", StateKind::Map, vec![schema("uk"), schema("uv")]),
+        ],
+    }
+}
+
+/// A small keyed file with records of every shape in a few key groups.
+fn keyed_file(compression: Compression) -> Result<KeyedStateHandle> {
+    let streams = MemoryCheckpointStreamFactory::new(1 << 20, "keyed");
+    let out = streams.create_stream(StreamScope::Exclusive)?;
+    let mut w = KeyedSnapshotWriter::new(out, meta(), compression, 7)?;
+    for kg in [4u32, 6, 9] {
+        w.start_key_group(kg)?;
+        let key = [kg as u8; 3];
+        w.write_cell(0, &key, b"", &[1, 2, 3, 4, 5, 6, 7, 8].repeat(20))?;
+        let mut elems = Vec::new();
+        state_api::format::bytes::put_bytes(&mut elems, b"first");
+        state_api::format::bytes::put_bytes(&mut elems, b"second");
+        w.write_list(1, &key, b"n", 2, &elems)?;
+        w.write_map_entry(2, &key, b"", b"uk", b"uv")?;
+    }
+    w.finish()
+}
+
+fn operator_file() -> Result<OperatorStateHandle> {
+    let streams = MemoryCheckpointStreamFactory::new(1 << 20, "operator");
+    let out = streams.create_stream(StreamScope::Exclusive)?;
+    let states = vec![
+        OperatorStateData {
+            meta: OperatorStateMeta {
+                name: "offsets".into(),
+                distribution: Distribution::SplitDistribute,
+                schemas: vec![schema("e")],
+            },
+            elements: vec![b"a".to_vec(), b"bb".to_vec(), vec![]],
+        },
+        OperatorStateData {
+            meta: OperatorStateMeta {
+                name: "rules".into(),
+                distribution: Distribution::Broadcast,
+                schemas: vec![schema("k"), schema("v")],
+            },
+            elements: vec![vec![1, b'k', 1, b'v']],
+        },
+    ];
+    write_operator_snapshot(out, &states, Compression::None, 3, &|| Ok(()))
+}
+
+/// Opens a keyed file and reads every record of every key group.
+fn read_all_keyed(handle: &KeyedStateHandle) -> Result<usize> {
+    let reader = KeyedSnapshotReader::open(handle)?;
+    let mut n = 0;
+    for kg in handle.range.iter() {
+        reader.for_each_record(kg, |_| {
+            n += 1;
+            Ok(())
+        })?;
+    }
+    Ok(n)
+}
+
+fn with_bytes<H: Clone>(
+    handle: &H,
+    data: &StreamStateHandle,
+    bytes: Vec<u8>,
+    set: impl Fn(&mut H, StreamStateHandle),
+) -> H {
+    let mut h = handle.clone();
+    let name = data.describe();
+    set(
+        &mut h,
+        StreamStateHandle::InMemory {
+            name,
+            data: Arc::from(bytes),
+        },
+    );
+    h
+}
+
+fn bytes_of(h: &StreamStateHandle) -> Vec<u8> {
+    h.read().expect("in-memory bytes").bytes().to_vec()
+}
+
+#[test]
+fn valid_files_read_back() -> Result<()> {
+    for c in [Compression::None, Compression::Zstd { level: 3 }] {
+        let h = keyed_file(c)?;
+        assert_eq!(
+            read_all_keyed(&h)?,
+            9,
+            "3 records in each of 3 key groups ({c:?})"
+        );
+        let reader = KeyedSnapshotReader::open(&h)?;
+        let mut seen = Vec::new();
+        reader.for_each_record(6, |r| {
+            seen.push((r.state, r.key.to_vec()));
+            Ok(())
+        })?;
+        assert_eq!(
+            seen,
+            vec![(0, vec![6; 3]), (1, vec![6; 3]), (2, vec![6; 3])]
+        );
+        // A narrowed handle reads only its key groups.
+        let part = h.intersection(&KeyGroupRange::new(5, 6)).expect("overlaps");
+        assert_eq!(read_all_keyed(&part)?, 3);
+    }
+    let op = operator_file()?;
+    let data = read_operator_bytes(&op.data.read()?, &op)?;
+    assert_eq!(
+        data[0].elements,
+        vec![b"a".to_vec(), b"bb".to_vec(), vec![]]
+    );
+    assert_eq!(data[1].elements.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn every_bit_flip_of_a_keyed_file_is_detected() -> Result<()> {
+    for c in [Compression::None, Compression::Zstd { level: 3 }] {
+        let h = keyed_file(c)?;
+        let good = bytes_of(&h.data);
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let damaged = with_bytes(&h, &h.data, bad, |h, d| h.data = d);
+            let err = read_all_keyed(&damaged).expect_err("a flipped bit must not read back");
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::Corruption | ErrorKind::IncompatibleFormat
+                ),
+                "bit {bit}: unexpected error kind {:?}: {err}",
+                err.kind()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_bit_flip_of_an_operator_file_is_detected() -> Result<()> {
+    let h = operator_file()?;
+    let good = bytes_of(&h.data);
+    for bit in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let bytes = StreamBytes::new("op", Arc::from(bad));
+        let err = read_operator_bytes(&bytes, &h).expect_err("a flipped bit must not read back");
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::Corruption | ErrorKind::IncompatibleFormat
+            ),
+            "bit {bit}: {err}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn truncation_and_bad_handles_are_errors() -> Result<()> {
+    let h = keyed_file(Compression::None)?;
+    let good = bytes_of(&h.data);
+    for len in [0, 4, 8, good.len() / 2, good.len() - 1] {
+        let cut = with_bytes(&h, &h.data, good[..len].to_vec(), |h, d| h.data = d);
+        let err = read_all_keyed(&cut).expect_err("truncated");
+        assert_eq!(err.kind(), ErrorKind::Corruption, "length {len}: {err}");
+    }
+    let mut wrong = h.clone();
+    wrong.offsets[1] += 1;
+    assert_eq!(
+        read_all_keyed(&wrong).expect_err("offsets").kind(),
+        ErrorKind::Corruption
+    );
+    let mut wrong = h.clone();
+    wrong.max_parallelism = 32;
+    assert_eq!(
+        read_all_keyed(&wrong).expect_err("max parallelism").kind(),
+        ErrorKind::Corruption
+    );
+    let op = operator_file()?;
+    let mut wrong = op.clone();
+    wrong.states.insert(
+        "offsets".into(),
+        OperatorStatePart {
+            distribution: Distribution::SplitDistribute,
+            offsets: vec![9],
+        },
+    );
+    let err = read_operator_bytes(&op.data.read()?, &wrong).expect_err("offset inside a frame");
+    assert_eq!(err.kind(), ErrorKind::Corruption);
+    let mut bad_version = bytes_of(&op.data);
+    bad_version[4] = 9;
+    let err = read_operator_bytes(&StreamBytes::new("v", Arc::from(bad_version)), &op)
+        .expect_err("version");
+    assert_eq!(err.kind(), ErrorKind::IncompatibleFormat);
+    assert!(err.to_string().contains("reads versions [1]"), "{err}");
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_the_keyed_reader(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(reader) = KeyedSnapshotReader::from_bytes(StreamBytes::new("fuzz", Arc::from(bytes))) {
+            for kg in reader.meta().range.iter() {
+                let _ = reader.for_each_record(kg, |_| Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_keyed_files_never_panic(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let h = keyed_file(Compression::Zstd { level: 1 }).expect("file");
+        let mut bytes = bytes_of(&h.data);
+        for (i, b) in edits {
+            let at = i.index(bytes.len());
+            bytes[at] = b;
+        }
+        let damaged = with_bytes(&h, &h.data, bytes, |h, d| h.data = d);
+        let _ = read_all_keyed(&damaged);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_operator_reader(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        offsets in proptest::collection::vec(0u64..600, 0..4),
+    ) {
+        let mut states = BTreeMap::new();
+        states.insert("offsets".to_string(), OperatorStatePart { distribution: Distribution::SplitDistribute, offsets });
+        let handle = OperatorStateHandle {
+            checkpoint_id: 1,
+            data: StreamStateHandle::InMemory { name: "fuzz".into(), data: Arc::from(bytes.clone()) },
+            states,
+        };
+        let _ = read_operator_bytes(&StreamBytes::new("fuzz", Arc::from(bytes)), &handle);
+    }
+}
