@@ -582,7 +582,18 @@ pub fn parse_records(
     Ok(())
 }
 
-/// Reads the bytes a [`StreamStateHandle`] names and opens them as a keyed snapshot.
-pub fn open_keyed_file(handle: &StreamStateHandle) -> Result<KeyedSnapshotReader> {
-    KeyedSnapshotReader::from_bytes(handle.read()?)
+/// Builds the handle of a whole keyed snapshot file from the file's own index
+/// (for self-contained snapshots such as savepoints and golden files).
+pub fn describe_keyed_file(
+    data: StreamStateHandle,
+    checkpoint_id: u64,
+) -> Result<KeyedStateHandle> {
+    let reader = KeyedSnapshotReader::from_bytes(data.read()?)?;
+    Ok(KeyedStateHandle {
+        checkpoint_id,
+        max_parallelism: reader.meta.max_parallelism,
+        range: reader.meta.range,
+        offsets: reader.offsets,
+        data,
+    })
 }

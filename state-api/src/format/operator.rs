@@ -21,7 +21,7 @@ use super::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN, FOOTE
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::snapshot::handle::{Distribution, OperatorStateHandle, OperatorStatePart};
-use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes};
+use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
 
 /// Magic bytes of an operator snapshot file.
 pub const OPERATOR_MAGIC: [u8; 4] = *b"SOPR";
@@ -114,11 +114,9 @@ pub fn read_operator_snapshot(handle: &OperatorStateHandle) -> Result<Vec<Operat
     read_operator_bytes(&bytes, handle)
 }
 
-/// Like [`read_operator_snapshot`], over bytes already read.
-pub fn read_operator_bytes(
-    bytes: &StreamBytes,
-    handle: &OperatorStateHandle,
-) -> Result<Vec<OperatorStateData>> {
+/// The metas and the element offsets (per state, in meta order) of an
+/// operator snapshot file, after checking its envelope and index.
+fn read_layout(bytes: &StreamBytes) -> Result<(Vec<OperatorStateMeta>, Vec<Vec<u64>>)> {
     let file = bytes.name();
     let data = bytes.bytes();
     let index_offset = check_envelope(file, data, &OPERATOR_MAGIC, OPERATOR_SUPPORTED_VERSIONS)?;
@@ -160,16 +158,53 @@ pub fn read_operator_bytes(
         });
     }
     let mut r = ByteReader::new(&index, file, index_offset);
-    let mut known: Vec<HashSet<u64>> = Vec::with_capacity(metas.len());
+    let mut offsets = Vec::with_capacity(metas.len());
     for _ in &metas {
         let count = r.count(8)?;
-        let mut set = HashSet::with_capacity(count);
-        for _ in 0..count {
-            set.insert(r.u64()?);
-        }
-        known.push(set);
+        offsets.push((0..count).map(|_| r.u64()).collect::<Result<Vec<_>>>()?);
     }
     r.finish("the operator snapshot index")?;
+    Ok((metas, offsets))
+}
+
+/// Builds the handle of a whole operator snapshot file from its own index.
+pub fn describe_operator_file(
+    data: StreamStateHandle,
+    checkpoint_id: u64,
+) -> Result<OperatorStateHandle> {
+    let (metas, offsets) = read_layout(&data.read()?)?;
+    let states = metas
+        .into_iter()
+        .zip(offsets)
+        .map(|(m, offsets)| {
+            (
+                m.name,
+                OperatorStatePart {
+                    distribution: m.distribution,
+                    offsets,
+                },
+            )
+        })
+        .collect();
+    Ok(OperatorStateHandle {
+        checkpoint_id,
+        data,
+        states,
+    })
+}
+
+/// Like [`read_operator_snapshot`], over bytes already read.
+pub fn read_operator_bytes(
+    bytes: &StreamBytes,
+    handle: &OperatorStateHandle,
+) -> Result<Vec<OperatorStateData>> {
+    let file = bytes.name();
+    let data = bytes.bytes();
+    let (metas, offsets) = read_layout(bytes)?;
+    let known: Vec<HashSet<u64>> = offsets
+        .into_iter()
+        .map(|o| o.into_iter().collect())
+        .collect();
     let mut out = Vec::with_capacity(handle.states.len());
     for (name, part) in &handle.states {
         let Some(i) = metas.iter().position(|m| &m.name == name) else {
