@@ -197,7 +197,7 @@ where
 
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         match postcard::take_from_bytes::<T>(bytes) {
-            Ok((value, rest)) if rest.is_empty() => Ok(value),
+            Ok((value, [])) => Ok(value),
             Ok((_, rest)) => Err(CodecError(format!(
                 "postcard decode: {} trailing bytes",
                 rest.len()

@@ -690,7 +690,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
 
     fn num_entries(&self) -> Result<usize> {
         self.check_open()?;
-        let registered: usize = self.states.iter().map(|s| s.table.len()).sum();
+        let registered: usize = self.states.iter().map(|s| s.table.entries()).sum();
         let pending = match &self.restored {
             Some(data) if !self.pending.is_empty() => data.count_entries(&self.pending)?,
             _ => 0,

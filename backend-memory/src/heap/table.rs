@@ -49,13 +49,12 @@ impl<K: Eq, N: Eq> Equivalent<EntryKey<K, N>> for EntryRef<'_, K, N> {
 
 /// Encodes one stored value into snapshot records.
 pub trait ShapeCodec<S>: Send + Sync + 'static {
-    /// Writes the records of one (key, namespace) entry.
+    /// Writes the records of one (key, namespace) entry, whose encoded key
+    /// and namespace are in `scratch.key` and `scratch.namespace`.
     fn write(
         &self,
         name: &str,
         state: u32,
-        key: &[u8],
-        namespace: &[u8],
         value: &S,
         writer: &mut KeyedSnapshotWriter,
         scratch: &mut Scratch,
@@ -108,14 +107,12 @@ impl<V: StateValue> ShapeCodec<V> for CellCodec<V> {
         &self,
         name: &str,
         state: u32,
-        key: &[u8],
-        namespace: &[u8],
         value: &V,
         writer: &mut KeyedSnapshotWriter,
         scratch: &mut Scratch,
     ) -> Result<()> {
         encode_into(&*self.0, value, &mut scratch.value, name, "value")?;
-        writer.write_cell(state, key, namespace, &scratch.value)
+        writer.write_cell(state, &scratch.key, &scratch.namespace, &scratch.value)
     }
 }
 
@@ -130,8 +127,6 @@ impl<T: StateValue> ShapeCodec<ListValue<T>> for ListCodec<T> {
         &self,
         name: &str,
         state: u32,
-        key: &[u8],
-        namespace: &[u8],
         value: &ListValue<T>,
         writer: &mut KeyedSnapshotWriter,
         scratch: &mut Scratch,
@@ -141,7 +136,13 @@ impl<T: StateValue> ShapeCodec<ListValue<T>> for ListCodec<T> {
             encode_into(&*self.0, e, &mut scratch.item, name, "element")?;
             put_bytes(&mut scratch.value, &scratch.item);
         }
-        writer.write_list(state, key, namespace, value.len(), &scratch.value)
+        writer.write_list(
+            state,
+            &scratch.key,
+            &scratch.namespace,
+            value.len(),
+            &scratch.value,
+        )
     }
 }
 
@@ -157,8 +158,6 @@ impl<UK: StateKey, UV: StateValue> ShapeCodec<MapValue<UK, UV>> for MapCodec<UK,
         &self,
         name: &str,
         state: u32,
-        key: &[u8],
-        namespace: &[u8],
         value: &MapValue<UK, UV>,
         writer: &mut KeyedSnapshotWriter,
         scratch: &mut Scratch,
@@ -166,7 +165,13 @@ impl<UK: StateKey, UV: StateValue> ShapeCodec<MapValue<UK, UV>> for MapCodec<UK,
         for (uk, uv) in value.iter() {
             encode_into(&*self.0, uk, &mut scratch.item, name, "user key")?;
             encode_into(&*self.1, uv, &mut scratch.value, name, "user value")?;
-            writer.write_map_entry(state, key, namespace, &scratch.item, &scratch.value)?;
+            writer.write_map_entry(
+                state,
+                &scratch.key,
+                &scratch.namespace,
+                &scratch.item,
+                &scratch.value,
+            )?;
         }
         Ok(())
     }
@@ -210,7 +215,7 @@ pub trait ErasedTable<K>: Send {
     /// For typed access.
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Number of (key, namespace) entries.
-    fn len(&self) -> usize;
+    fn entries(&self) -> usize;
     /// Shares the current entries with a snapshot: O(key groups).
     fn snapshot(&self) -> Box<dyn ErasedTableSnapshot<K>>;
     /// Keys with an entry in `namespace` (a `&N` as `&dyn Any`).
@@ -243,7 +248,7 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTable<K>
         self
     }
 
-    fn len(&self) -> usize {
+    fn entries(&self) -> usize {
         self.groups.iter().map(|g| g.len()).sum()
     }
 
@@ -302,16 +307,8 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTableSnap
                 &self.name,
                 "namespace",
             )?;
-            let (key, namespace) = (
-                std::mem::take(&mut scratch.key),
-                std::mem::take(&mut scratch.namespace),
-            );
-            let r = self
-                .codec
-                .write(&self.name, state, &key, &namespace, value, writer, scratch);
-            scratch.key = key;
-            scratch.namespace = namespace;
-            r?;
+            self.codec
+                .write(&self.name, state, value, writer, scratch)?;
         }
         Ok(())
     }

@@ -223,7 +223,7 @@ mod tests {
             range: KeyGroupRange::new(0, 127),
             offsets: vec![0; 129],
         };
-        assert!(assign_keyed_state(&[h.clone()], 2, 256).is_err());
+        assert!(assign_keyed_state(std::slice::from_ref(&h), 2, 256).is_err());
         let a = assign_keyed_state(&[h], 3, 128).expect("assign");
         let total: usize = a.iter().flatten().map(|h| h.range.len()).sum();
         assert_eq!(total, 128);
