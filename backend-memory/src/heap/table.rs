@@ -313,3 +313,46 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTableSnap
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use state_api::codec::postcard;
+
+    type Table = StateTable<u64, (), i64, CellCodec<i64>>;
+
+    fn table() -> Table {
+        let mut t = Table::new("t", 4, postcard::<()>(), CellCodec(postcard::<i64>()));
+        for k in 0..1_000u64 {
+            t.groups[(k % 4) as usize].insert(EntryKey(k, ()), k as i64);
+        }
+        t
+    }
+
+    #[test]
+    fn writes_during_a_snapshot_copy_on_write() {
+        let mut t = table();
+        let snapshot: Vec<_> = t.groups.clone();
+        *t.groups[1].get_mut(&EntryRef(&1, &())).expect("present") = -1;
+        t.groups[2].insert(EntryKey(5_000, ()), 5);
+        assert!(
+            !t.groups[1].ptr_eq(&snapshot[1]),
+            "the written group diverged"
+        );
+        assert!(
+            t.groups[0].ptr_eq(&snapshot[0]),
+            "untouched groups stay shared"
+        );
+        assert_eq!(
+            snapshot[1].get(&EntryRef(&1, &())),
+            Some(&1),
+            "the snapshot keeps the old value"
+        );
+        assert_eq!(
+            snapshot[2].get(&EntryRef(&5_000, &())),
+            None,
+            "the snapshot misses later inserts"
+        );
+        assert_eq!(t.groups[1].get(&EntryRef(&1, &())), Some(&-1));
+    }
+}
