@@ -476,8 +476,9 @@ impl OperatorStateBackend for DefaultOperatorStateBackend {
             },
             |raw| {
                 let mut entries = HashMap::with_capacity(raw.len());
+                let what = format!("entry of restored broadcast state '{name}'");
                 for b in raw {
-                    let mut r = ByteReader::new(b, &name, 0);
+                    let mut r = ByteReader::new(b, &what, 0);
                     let kb = r.bytes()?;
                     let vb = r.bytes()?;
                     r.finish("a broadcast entry")?;

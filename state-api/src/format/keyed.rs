@@ -1,5 +1,5 @@
 //! The canonical keyed-state snapshot: key-group ordered records with an
-//! offset index, so a restore at another parallelism reads only its key groups.
+//! offset index, so a restore at another parallelism decodes only its key groups.
 //!
 //! ```text
 //! header      magic "SKEY", version 1, flags 0
@@ -76,6 +76,11 @@ impl KeyedSnapshotMeta {
 
     fn decode(r: &mut ByteReader<'_>) -> Result<Self> {
         let max_parallelism = r.u32()?;
+        if crate::key_group::check_max_parallelism(max_parallelism).is_err() {
+            return Err(r.corrupted(format!(
+                "max parallelism {max_parallelism} is out of bounds"
+            )));
+        }
         let start = r.u32()?;
         let end_exclusive = r.u32()?;
         if end_exclusive < start || end_exclusive > max_parallelism {
@@ -418,7 +423,8 @@ impl KeyedSnapshotReader {
             )));
         }
         if !handle.range.is_empty() {
-            let Some(i) = reader.meta.range.index_of(handle.range.start()) else {
+            let inside = reader.meta.range.intersection(&handle.range) == handle.range;
+            let (true, Some(i)) = (inside, reader.meta.range.index_of(handle.range.start())) else {
                 return Err(corrupted(format!(
                     "handle range {} is not inside the file's range {}",
                     handle.range, reader.meta.range

@@ -19,8 +19,11 @@
 //! +--------------------+ len
 //! ```
 //!
-//! Every byte of a file belongs to the header, a frame (CRC32-checked) or the
-//! footer (CRC32-checked), so every single-bit flip is detected on read.
+//! Every byte a reader reads is covered: the header by its magic and by
+//! version and flag checks, every frame by its CRC32, the footer by its magic
+//! and the CRC32 of the index offset. A keyed reader checks the header, meta,
+//! index and footer of every file it opens, and the frames of the key groups
+//! it decodes; so a single-bit flip in anything a restore uses is an error.
 
 pub mod bytes;
 pub mod frame;
@@ -98,7 +101,11 @@ pub(crate) fn check_envelope(
     }
     let flags = r.u16()?;
     if flags != 0 {
-        return Err(r.corrupted(format!("unknown header flags {flags:#06x}")));
+        return Err(Error::Corrupted {
+            file: file.to_string(),
+            offset: HEADER_FLAGS_OFFSET as u64,
+            reason: format!("unknown header flags {flags:#06x}"),
+        });
     }
     let footer_at = bytes.len() - FOOTER_LEN;
     let footer = &bytes[footer_at..];

@@ -8,7 +8,8 @@
 //!             state = name str | distribution u8 (1 split, 2 union, 3 broadcast)
 //!                     | schema count varint | schemas (element; or key, value)
 //! elements    for each state in meta order, one frame per element; a broadcast
-//!             entry's payload is key bytes | value bytes
+//!             entry's payload is key bytes | value bytes (each a varint
+//!             length followed by the bytes)
 //! index frame for each state in meta order: count varint | offsets u64 ...
 //! footer      index frame offset u64 | crc32 u32 | magic "SOPR"
 //! ```
@@ -120,7 +121,7 @@ fn read_layout(bytes: &StreamBytes) -> Result<(Vec<OperatorStateMeta>, Vec<Vec<u
     let file = bytes.name();
     let data = bytes.bytes();
     let index_offset = check_envelope(file, data, &OPERATOR_MAGIC, OPERATOR_SUPPORTED_VERSIONS)?;
-    let (meta_payload, _) = decode_frame(file, data, FILE_HEADER_LEN as u64)?;
+    let (meta_payload, meta_end) = decode_frame(file, data, FILE_HEADER_LEN as u64)?;
     let mut r = ByteReader::new(&meta_payload, file, FILE_HEADER_LEN as u64);
     let n = r.count(3)?;
     let mut metas = Vec::with_capacity(n);
@@ -159,11 +160,31 @@ fn read_layout(bytes: &StreamBytes) -> Result<(Vec<OperatorStateMeta>, Vec<Vec<u
     }
     let mut r = ByteReader::new(&index, file, index_offset);
     let mut offsets = Vec::with_capacity(metas.len());
+    let mut prev = None;
     for _ in &metas {
         let count = r.count(8)?;
-        offsets.push((0..count).map(|_| r.u64()).collect::<Result<Vec<_>>>()?);
+        let mut state_offsets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let o = r.u64()?;
+            // Elements are written one after the other, between the meta and the index.
+            if o < meta_end || o >= index_offset || prev.is_some_and(|p| o <= p) {
+                return Err(r.corrupted(format!(
+                    "element offset {o} is out of order or outside the elements"
+                )));
+            }
+            prev = Some(o);
+            state_offsets.push(o);
+        }
+        offsets.push(state_offsets);
     }
     r.finish("the operator snapshot index")?;
+    if prev.is_none() && meta_end != index_offset {
+        return Err(Error::Corrupted {
+            file: file.to_string(),
+            offset: meta_end,
+            reason: "bytes between the meta and the index of a file without elements".into(),
+        });
+    }
     Ok((metas, offsets))
 }
 
