@@ -5,9 +5,12 @@ use state_api::backend::KeyedBackendParams;
 use state_api::codec::{postcard, SharedCodec};
 use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
+use std::thread::JoinHandle;
+
+use state_api::snapshot::task::SnapshotTask;
 use state_api::snapshot::SnapshotOptions;
 use state_api::state::StateKey;
-use state_api::{KeyedStateBackend, OperatorStateBackend, Result, StateBackend};
+use state_api::{Error, ErrorKind, KeyedStateBackend, OperatorStateBackend, Result, StateBackend};
 
 /// The max parallelism most cases use.
 pub const MAX_PARALLELISM: u32 = 128;
@@ -127,4 +130,62 @@ where
         .map_err(state_api::Error::user)?;
     let kg = state_api::key_group::key_group_for_bytes(&bytes, max_parallelism)?;
     state_api::key_group::operator_index_for_key_group(kg, parallelism, max_parallelism)
+}
+
+/// Takes the synchronous part of a keyed snapshot and returns its
+/// asynchronous part, not yet run.
+pub fn snapshot_task<S: StateBackend, B: KeyedStateBackend>(
+    backend: &S,
+    keyed: &mut B,
+    checkpoint_id: u64,
+) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+    keyed.snapshot(
+        checkpoint_id,
+        backend.stream_factory(checkpoint_id)?,
+        SnapshotOptions::default(),
+    )
+}
+
+/// Takes the synchronous part of an operator snapshot and returns its
+/// asynchronous part, not yet run.
+pub fn operator_snapshot_task<S: StateBackend, O: OperatorStateBackend>(
+    backend: &S,
+    operator: &mut O,
+    checkpoint_id: u64,
+) -> Result<SnapshotTask<Option<OperatorStateHandle>>> {
+    operator.snapshot(
+        checkpoint_id,
+        backend.stream_factory(checkpoint_id)?,
+        SnapshotOptions::default(),
+    )
+}
+
+/// Waits for a task started with [`SnapshotTask::spawn`]; a panic on that
+/// thread is resumed on the caller's.
+pub fn join<T>(running: JoinHandle<Result<T>>) -> Result<T> {
+    running
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Asserts that `result` is an error of `kind` and returns the error; `what`
+/// names the operation in the failure message.
+pub fn expect_err<T>(result: Result<T>, kind: ErrorKind, what: &str) -> Error {
+    match result {
+        Ok(_) => panic!("{what}: expected an error of kind {kind:?}, got Ok"),
+        Err(e) => {
+            assert_eq!(
+                e.kind(),
+                kind,
+                "{what}: wrong error kind for \"{e}\" ({e:?})"
+            );
+            e
+        }
+    }
+}
+
+/// `v`, sorted (to compare contents listed in no particular order).
+pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
 }
