@@ -1,7 +1,7 @@
 //! State descriptors: a state's name, kind, codecs, default and functions.
 //!
 //! A descriptor is registered with a keyed backend (see
-//! [`crate::backend::KeyedStateBackend`]) and yields a typed handle from
+//! [`crate::KeyedStateBackend`]) and yields a typed handle from
 //! [`super::access`]. Descriptors are generic over the namespace type `N`,
 //! which defaults to [`VoidNamespace`]; `with_namespace` switches it.
 
