@@ -135,12 +135,16 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 
     /// Registers a state: returns the existing one after checking it matches,
     /// decodes a restored one, or creates an empty one.
-    fn register<T: ErasedTable<K> + 'static>(
+    ///
+    /// `insert` adds one restored record, with its key and namespace decoded,
+    /// to the table at a key-group index.
+    fn register<N: Namespace, T: ErasedTable<K> + 'static>(
         &mut self,
         meta: StateMeta,
         compat: &[Compatibility],
+        namespace_codec: &SharedCodec<N>,
         make: impl FnOnce(usize) -> T,
-        fill: impl FnOnce(&mut T, &RestoredData, &StateMeta) -> Result<()>,
+        mut insert: impl FnMut(&mut T, usize, EntryKey<K, N>, &RecordBody<'_>, &StateMeta) -> Result<()>,
     ) -> Result<HandleCore> {
         self.check_open()?;
         if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
@@ -188,7 +192,17 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 offset: 0,
                 reason: format!("state '{}' is pending without restored data", meta.name),
             })?;
-            fill(&mut table, &data, written)?;
+            let name = &meta.name;
+            data.for_each_record_of(name, |index, r| {
+                let key = self
+                    .key_codec
+                    .decode(r.key)
+                    .map_err(|e| codec_error(name, "key", e))?;
+                let ns = namespace_codec
+                    .decode(r.namespace)
+                    .map_err(|e| codec_error(name, "namespace", e))?;
+                insert(&mut table, index, EntryKey(key, ns), &r.body, written)
+            })?;
             self.pending.remove(p);
             if self.pending.is_empty() {
                 self.restored = None;
@@ -313,30 +327,33 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     ) -> Result<CellHandle<N, V>> {
         let written = pending_written(&self.pending, &spec.meta.name, 0).cloned();
         let compat = value_compat(&spec.value_codec, written.as_ref());
-        let (ns_codec, v_codec) = (spec.namespace_codec, spec.value_codec);
-        let key_codec = self.key_codec.clone();
+        let codec = spec.value_codec;
         let name = spec.meta.name.clone();
-        let (nc, vc) = (ns_codec.clone(), v_codec.clone());
         let core = self.register(
             spec.meta,
             &[compat],
-            |groups| CellTable::<K, N, V>::new(&name, groups, nc, CellCodec(vc)),
-            |table, data, written| {
-                data.for_each_record_of(&written.name, |index, r| {
-                    let RecordBody::Cell(v) = &r.body else {
-                        return Ok(());
-                    };
-                    let key = key_codec
-                        .decode(r.key)
-                        .map_err(|e| codec_error(&name, "key", e))?;
-                    let ns = ns_codec
-                        .decode(r.namespace)
-                        .map_err(|e| codec_error(&name, "namespace", e))?;
-                    let value =
-                        decode_value(&v_codec, compat, &written.values[0], v, &name, "value")?;
-                    table.groups[index].insert(EntryKey(key, ns), value);
-                    Ok(())
-                })
+            &spec.namespace_codec,
+            |groups| {
+                CellTable::<K, N, V>::new(
+                    &name,
+                    groups,
+                    spec.namespace_codec.clone(),
+                    CellCodec(codec.clone()),
+                )
+            },
+            |table, index, entry, body, written| {
+                if let RecordBody::Cell(v) = body {
+                    let value = decode_value(
+                        &codec,
+                        compat,
+                        &written.values[0],
+                        v,
+                        &written.name,
+                        "value",
+                    )?;
+                    table.groups[index].insert(entry, value);
+                }
+                Ok(())
             },
         )?;
         Ok(CellHandle::new(core))
@@ -348,36 +365,40 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     ) -> Result<ListHandle<N, T>> {
         let written = pending_written(&self.pending, &spec.meta.name, 0).cloned();
         let compat = value_compat(&spec.element_codec, written.as_ref());
-        let (ns_codec, e_codec) = (spec.namespace_codec, spec.element_codec);
-        let key_codec = self.key_codec.clone();
+        let codec = spec.element_codec;
         let name = spec.meta.name.clone();
-        let (nc, ec) = (ns_codec.clone(), e_codec.clone());
         let core = self.register(
             spec.meta,
             &[compat],
-            |groups| ListTable::<K, N, T>::new(&name, groups, nc, ListCodec(ec)),
-            |table, data, written| {
-                data.for_each_record_of(&written.name, |index, r| {
-                    let RecordBody::List(elements) = &r.body else {
-                        return Ok(());
-                    };
-                    let key = key_codec
-                        .decode(r.key)
-                        .map_err(|e| codec_error(&name, "key", e))?;
-                    let ns = ns_codec
-                        .decode(r.namespace)
-                        .map_err(|e| codec_error(&name, "namespace", e))?;
+            &spec.namespace_codec,
+            |groups| {
+                ListTable::<K, N, T>::new(
+                    &name,
+                    groups,
+                    spec.namespace_codec.clone(),
+                    ListCodec(codec.clone()),
+                )
+            },
+            |table, index, entry, body, written| {
+                if let RecordBody::List(elements) = body {
                     let list = elements
                         .iter()
                         .map(|e| {
-                            decode_value(&e_codec, compat, &written.values[0], e, &name, "element")
+                            decode_value(
+                                &codec,
+                                compat,
+                                &written.values[0],
+                                e,
+                                &written.name,
+                                "element",
+                            )
                         })
                         .collect::<Result<Vec<T>>>()?;
                     if !list.is_empty() {
-                        table.groups[index].insert(EntryKey(key, ns), Arc::new(list));
+                        table.groups[index].insert(entry, Arc::new(list));
                     }
-                    Ok(())
-                })
+                }
+                Ok(())
             },
         )?;
         Ok(ListHandle::new(core))
@@ -396,53 +417,46 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
             _ => Compatibility::Incompatible,
         };
         let value_compat = value_compat(&spec.user_value_codec, written_value.as_ref());
-        let (ns_codec, uk_codec, uv_codec) = (
-            spec.namespace_codec,
-            spec.user_key_codec,
-            spec.user_value_codec,
-        );
-        let key_codec = self.key_codec.clone();
-        let (nc, ukc, uvc) = (ns_codec.clone(), uk_codec.clone(), uv_codec.clone());
+        let (uk_codec, uv_codec) = (spec.user_key_codec, spec.user_value_codec);
         let core = self.register(
             spec.meta,
             &[key_compat, value_compat],
-            |groups| MapTable::<K, N, UK, UV>::new(&name, groups, nc, MapCodec(ukc, uvc)),
-            |table, data, written| {
-                data.for_each_record_of(&written.name, |index, r| {
-                    let RecordBody::MapEntry { key: uk, value: uv } = &r.body else {
-                        return Ok(());
-                    };
-                    let key = key_codec
-                        .decode(r.key)
-                        .map_err(|e| codec_error(&name, "key", e))?;
-                    let ns = ns_codec
-                        .decode(r.namespace)
-                        .map_err(|e| codec_error(&name, "namespace", e))?;
-                    let uk = uk_codec
-                        .decode(uk)
-                        .map_err(|e| codec_error(&name, "user key", e))?;
-                    let uv = decode_value(
-                        &uv_codec,
-                        value_compat,
-                        &written.values[1],
-                        uv,
-                        &name,
-                        "user value",
-                    )?;
-                    let group = &mut table.groups[index];
-                    let entry = EntryKey(key, ns);
-                    match group.get_mut(&entry) {
-                        Some(map) => {
-                            map.insert(uk, uv);
-                        }
-                        None => {
-                            let mut map = MapValue::with_hasher(TableHasher::default());
-                            map.insert(uk, uv);
-                            group.insert(entry, map);
-                        }
+            &spec.namespace_codec,
+            |groups| {
+                MapTable::<K, N, UK, UV>::new(
+                    &name,
+                    groups,
+                    spec.namespace_codec.clone(),
+                    MapCodec(uk_codec.clone(), uv_codec.clone()),
+                )
+            },
+            |table, index, entry, body, written| {
+                let RecordBody::MapEntry { key: uk, value: uv } = body else {
+                    return Ok(());
+                };
+                let uk = uk_codec
+                    .decode(uk)
+                    .map_err(|e| codec_error(&written.name, "user key", e))?;
+                let uv = decode_value(
+                    &uv_codec,
+                    value_compat,
+                    &written.values[1],
+                    uv,
+                    &written.name,
+                    "user value",
+                )?;
+                let group = &mut table.groups[index];
+                match group.get_mut(&entry) {
+                    Some(map) => {
+                        map.insert(uk, uv);
                     }
-                    Ok(())
-                })
+                    None => {
+                        let mut map = MapValue::with_hasher(TableHasher::default());
+                        map.insert(uk, uv);
+                        group.insert(entry, map);
+                    }
+                }
+                Ok(())
             },
         )?;
         Ok(MapHandle::new(core))
