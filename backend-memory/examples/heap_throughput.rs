@@ -64,7 +64,17 @@ fn main() -> state_api::Result<()> {
         let t = Instant::now();
         let handle = task.run()?;
         let total = t.elapsed() + sync;
-        let size = handle.map(|h| h.data.size()).unwrap_or(0);
+        let size = handle.as_ref().map(|h| h.total_size()).unwrap_or(0);
+        let t = Instant::now();
+        let params = KeyedBackendParams::for_subtask(128, 1, 0, codec::postcard::<i64>())?;
+        let mut restored =
+            backend.create_keyed_backend(params, &handle.into_iter().collect::<Vec<_>>())?;
+        let opened = t.elapsed();
+        let rv = restored.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+        let registered = t.elapsed();
+        restored.set_current_key(5)?;
+        black_box(rv.on(&mut restored).get()?);
+        println!("round {round}: restore of {snapshot_keys} keys: open + check {:.1} ms, decode on registration {:.1} ms", opened.as_secs_f64() * 1e3, (registered - opened).as_secs_f64() * 1e3);
         println!(
             "round {round}: snapshot of {snapshot_keys} keys: synchronous part {:.1} us, async part {:.1} ms, {} bytes; 1000 writes during it {:.1} us",
             sync.as_secs_f64() * 1e6,

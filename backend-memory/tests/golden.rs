@@ -12,6 +12,7 @@ use conformance_tests::harness::{keyed, owner, snapshot_operator};
 use state_api::format::frame::Compression;
 use state_api::format::keyed::describe_keyed_file;
 use state_api::format::operator::describe_operator_file;
+use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
 use state_api::snapshot::stream::StreamStateHandle;
 use state_api::snapshot::SnapshotOptions;
@@ -133,6 +134,9 @@ fn write_golden() -> Result<()> {
             )?
             .run()?
             .expect("state");
+        let KeyedStateHandle::KeyGroups(h) = h else {
+            panic!("a full snapshot is one key-groups file");
+        };
         let bytes = h.data.read()?.bytes().to_vec();
         std::fs::write(dir.join(file), &bytes)
             .map_err(|e| state_api::Error::io("write golden", e))?;
@@ -167,7 +171,7 @@ fn file_handle(name: &str) -> StreamStateHandle {
 }
 
 fn check_keyed_file(name: &str) -> Result<()> {
-    let handle = describe_keyed_file(file_handle(name), 1)?;
+    let handle = KeyedStateHandle::from(describe_keyed_file(file_handle(name), 1)?);
     let backend = MemoryStateBackend::new();
     for p in [1u32, 2, 3] {
         let assigned = assign_keyed_state(std::slice::from_ref(&handle), p, MAX_P)?;
@@ -276,7 +280,7 @@ fn golden_snapshots_restore() -> Result<()> {
 #[test]
 fn corrupted_golden_snapshot_is_a_typed_error() -> Result<()> {
     let data = file_handle("keyed-corrupt.snap");
-    let handle = describe_keyed_file(data, 1)?;
+    let handle = KeyedStateHandle::from(describe_keyed_file(data, 1)?);
     let err = match keyed::<_, String>(&MemoryStateBackend::new(), MAX_P, 1, 0, &[handle]) {
         Ok(_) => panic!("a corrupted snapshot must not restore"),
         Err(e) => e,

@@ -12,7 +12,7 @@ use state_api::format::operator::{
     read_operator_bytes, write_operator_snapshot, OperatorStateData, OperatorStateMeta,
 };
 use state_api::snapshot::handle::{
-    Distribution, KeyedStateHandle, OperatorStateHandle, OperatorStatePart,
+    Distribution, KeyGroupsStateHandle, OperatorStateHandle, OperatorStatePart,
 };
 use state_api::snapshot::stream::{
     CheckpointStreamFactory, MemoryCheckpointStreamFactory, StreamBytes, StreamScope,
@@ -41,11 +41,12 @@ fn meta() -> KeyedSnapshotMeta {
             state("l", StateKind::List, vec![schema("e")]),
             state("m", StateKind::Map, vec![schema("uk"), schema("uv")]),
         ],
+        delta: false,
     }
 }
 
 /// A small keyed file with records of every shape in a few key groups.
-fn keyed_file(compression: Compression) -> Result<KeyedStateHandle> {
+fn keyed_file(compression: Compression) -> Result<KeyGroupsStateHandle> {
     let streams = MemoryCheckpointStreamFactory::new(1 << 20, "keyed");
     let out = streams.create_stream(StreamScope::Exclusive)?;
     let mut w = KeyedSnapshotWriter::new(out, meta(), compression, 7)?;
@@ -87,7 +88,7 @@ fn operator_file() -> Result<OperatorStateHandle> {
 }
 
 /// Opens a keyed file and reads every record of every key group.
-fn read_all_keyed(handle: &KeyedStateHandle) -> Result<usize> {
+fn read_all_keyed(handle: &KeyGroupsStateHandle) -> Result<usize> {
     let reader = KeyedSnapshotReader::open(handle)?;
     let mut n = 0;
     for kg in handle.range.iter() {

@@ -432,6 +432,9 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
             },
             |table, index, entry, body, written| {
                 let RecordBody::MapEntry { key: uk, value: uv } = body else {
+                    if *body == RecordBody::Delete {
+                        table.groups[index].remove(&entry);
+                    }
                     return Ok(());
                 };
                 let uk = uk_codec
@@ -744,6 +747,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
             range: self.range,
             key_codec: self.key_codec.schema(),
             states: metas,
+            delta: false,
         };
         let key_codec = self.key_codec.clone();
         let range = self.range;
@@ -768,7 +772,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
                     p.write_key_group(index, &mut writer)?;
                 }
             }
-            writer.finish().map(Some)
+            writer.finish().map(|h| Some(h.into()))
         }))
     }
 

@@ -5,12 +5,14 @@
 //! decoded into its typed table when it is registered. Restored states that
 //! are never registered are written, record for record, into later snapshots.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use state_api::backend::KeyedBackendParams;
 use state_api::codec::Compatibility;
-use state_api::format::keyed::{parse_records, KeyedSnapshotReader, KeyedSnapshotWriter, Record};
+use state_api::format::keyed::{
+    parse_records, KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, Record, RecordBody,
+};
 use state_api::key_group::{key_group_for_hash, key_hash};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::state::StateMeta;
@@ -19,7 +21,7 @@ use state_api::{Error, Result};
 /// One snapshot file a restore read from.
 pub(crate) struct RestoredSource {
     pub(crate) file: String,
-    pub(crate) states: Vec<StateMeta>,
+    pub(crate) meta: KeyedSnapshotMeta,
 }
 
 /// One decoded frame of a key group.
@@ -49,7 +51,7 @@ impl RestoredData {
             groups: (0..range.len()).map(|_| Vec::new()).collect(),
         };
         let mut metas: Vec<StateMeta> = Vec::new();
-        for handle in handles {
+        for handle in handles.iter().flat_map(|h| h.pieces()) {
             let reader = KeyedSnapshotReader::open(handle)?;
             let file = reader.file_name().to_string();
             let meta = reader.meta();
@@ -87,14 +89,7 @@ impl RestoredData {
             for kg in own.iter() {
                 let index = (kg - range.start()) as usize;
                 for (offset, payload) in reader.key_group_frames(kg)? {
-                    check_frame(
-                        &file,
-                        offset,
-                        &payload,
-                        &meta.states,
-                        kg,
-                        params.max_parallelism,
-                    )?;
+                    check_frame(&file, offset, &payload, meta, kg, params.max_parallelism)?;
                     data.groups[index].push(RestoredFrame {
                         source,
                         offset,
@@ -104,7 +99,7 @@ impl RestoredData {
             }
             data.sources.push(RestoredSource {
                 file,
-                states: meta.states.clone(),
+                meta: meta.clone(),
             });
         }
         Ok((data, metas))
@@ -120,7 +115,8 @@ impl RestoredData {
             .sources
             .iter()
             .map(|s| {
-                s.states
+                s.meta
+                    .states
                     .iter()
                     .position(|m| m.name == name)
                     .map(|i| i as u32)
@@ -136,7 +132,7 @@ impl RestoredData {
                     &source.file,
                     frame.offset,
                     &frame.payload,
-                    &source.states,
+                    &source.meta,
                     |r| {
                         if r.state == want {
                             f(index, &r)
@@ -154,9 +150,14 @@ impl RestoredData {
     pub(crate) fn count_entries(&self, names: &[StateMeta]) -> Result<usize> {
         let mut n = 0;
         for meta in names {
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::new();
             self.for_each_record_of(&meta.name, |index, r| {
-                seen.insert((index, r.key.to_vec(), r.namespace.to_vec()));
+                let entry = (index, r.key.to_vec(), r.namespace.to_vec());
+                if r.body == RecordBody::Delete {
+                    seen.remove(&entry);
+                } else {
+                    seen.insert(entry);
+                }
                 Ok(())
             })?;
             n += seen.len();
@@ -170,11 +171,11 @@ fn check_frame(
     file: &str,
     offset: u64,
     payload: &[u8],
-    states: &[StateMeta],
+    meta: &KeyedSnapshotMeta,
     kg: u32,
     max_parallelism: u32,
 ) -> Result<()> {
-    parse_records(file, offset, payload, states, |r| {
+    parse_records(file, offset, payload, meta, |r| {
         let actual = key_group_for_hash(key_hash(r.key), max_parallelism);
         if actual == kg {
             Ok(())
@@ -201,7 +202,8 @@ impl PendingSnapshot {
             .sources
             .iter()
             .map(|s| {
-                s.states
+                s.meta
+                    .states
                     .iter()
                     .map(|m| pending.get(&m.name).copied())
                     .collect()
@@ -218,6 +220,9 @@ impl PendingSnapshot {
         let Some(frames) = self.data.groups.get(index) else {
             return Ok(());
         };
+        if self.data.sources.iter().any(|s| s.meta.delta) {
+            return self.write_resolved(frames, writer);
+        }
         for frame in frames {
             let source = &self.data.sources[frame.source as usize];
             let mapping = &self.mapping[frame.source as usize];
@@ -225,7 +230,7 @@ impl PendingSnapshot {
                 &source.file,
                 frame.offset,
                 &frame.payload,
-                &source.states,
+                &source.meta,
                 |r| match mapping.get(r.state as usize).copied().flatten() {
                     Some(new) => writer.write_record(new, &r),
                     None => Ok(()),
@@ -234,4 +239,80 @@ impl PendingSnapshot {
         }
         Ok(())
     }
+
+    /// Applies a chain of full and delta frames to the pending states and
+    /// writes the result as full records.
+    fn write_resolved(
+        &self,
+        frames: &[RestoredFrame],
+        writer: &mut KeyedSnapshotWriter,
+    ) -> Result<()> {
+        let mut entries: BTreeMap<(u32, Vec<u8>, Vec<u8>), Resolved> = BTreeMap::new();
+        for frame in frames {
+            let source = &self.data.sources[frame.source as usize];
+            let mapping = &self.mapping[frame.source as usize];
+            parse_records(
+                &source.file,
+                frame.offset,
+                &frame.payload,
+                &source.meta,
+                |r| {
+                    let Some(new) = mapping.get(r.state as usize).copied().flatten() else {
+                        return Ok(());
+                    };
+                    let entry = (new, r.key.to_vec(), r.namespace.to_vec());
+                    match r.body {
+                        RecordBody::Delete => {
+                            entries.remove(&entry);
+                        }
+                        RecordBody::Cell(v) => {
+                            entries.insert(entry, Resolved::Cell(v.to_vec()));
+                        }
+                        RecordBody::List(elements) => {
+                            entries.insert(
+                                entry,
+                                Resolved::List(elements.iter().map(|e| e.to_vec()).collect()),
+                            );
+                        }
+                        RecordBody::MapEntry { key, value } => {
+                            let slot = entries
+                                .entry(entry)
+                                .or_insert_with(|| Resolved::Map(BTreeMap::new()));
+                            if let Resolved::Map(m) = slot {
+                                m.insert(key.to_vec(), value.to_vec());
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        for ((state, key, namespace), value) in entries {
+            match value {
+                Resolved::Cell(v) => writer.write_cell(state, &key, &namespace, &v)?,
+                Resolved::List(elements) => writer.write_record(
+                    state,
+                    &Record {
+                        state,
+                        key: &key,
+                        namespace: &namespace,
+                        body: RecordBody::List(elements.iter().map(Vec::as_slice).collect()),
+                    },
+                )?,
+                Resolved::Map(m) => {
+                    for (uk, uv) in m {
+                        writer.write_map_entry(state, &key, &namespace, &uk, &uv)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The final value of a pending entry after a chain of files.
+enum Resolved {
+    Cell(Vec<u8>),
+    List(Vec<Vec<u8>>),
+    Map(BTreeMap<Vec<u8>, Vec<u8>>),
 }

@@ -2,7 +2,7 @@
 //! offset index, so a restore at another parallelism decodes only its key groups.
 //!
 //! ```text
-//! header      magic "SKEY", version 1, flags 0
+//! header      magic "SKEY", version 1, flags (bit 0: delta file)
 //! meta frame  max_parallelism u32 | range start u32 | range end_exclusive u32
 //!             | key codec schema | state count varint | state meta ...
 //!             state meta = name str | kind u8 | namespace schema
@@ -15,7 +15,8 @@
 //!             where the last one ends
 //! footer      index frame offset u64 | crc32 u32 | magic "SKEY"
 //!
-//! record      state index varint | key bytes | namespace bytes | body
+//! record      state index varint | [op u8, delta files only: 0 put, 1 delete]
+//!             | key bytes | namespace bytes | body (none for a delete)
 //!   cell      value bytes
 //!   list      element count varint | element bytes ...
 //!   map       user key bytes | user value bytes      (one record per entry)
@@ -32,7 +33,7 @@ use super::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN};
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
-use crate::snapshot::handle::KeyedStateHandle;
+use crate::snapshot::handle::KeyGroupsStateHandle;
 use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
 use crate::state::{StateKind, StateMeta, StorageShape};
 
@@ -42,6 +43,12 @@ pub const KEYED_MAGIC: [u8; 4] = *b"SKEY";
 pub const KEYED_FORMAT_VERSION: u16 = 1;
 /// Keyed format versions this build reads.
 pub const KEYED_SUPPORTED_VERSIONS: &[u16] = &[1];
+/// Header flag of a delta file: records are changes (puts and deletes) to
+/// apply, in order, on top of the files before it in a chain.
+pub const FLAG_DELTA: u16 = 1;
+
+const OP_PUT: u8 = 0;
+const OP_DELETE: u8 = 1;
 
 /// What a keyed snapshot holds, as written in its meta frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +61,10 @@ pub struct KeyedSnapshotMeta {
     pub key_codec: CodecSchema,
     /// The states, indexed by the records' state index.
     pub states: Vec<StateMeta>,
+    /// Whether this is a delta file (header flag [`FLAG_DELTA`]). In a delta
+    /// file a cell or list record replaces the (key, namespace) entry, a map
+    /// record adds a user entry, and a delete removes the whole entry.
+    pub delta: bool,
 }
 
 impl KeyedSnapshotMeta {
@@ -129,6 +140,7 @@ impl KeyedSnapshotMeta {
             range,
             key_codec,
             states,
+            delta: false,
         })
     }
 }
@@ -140,6 +152,8 @@ pub enum RecordBody<'a> {
     Cell(&'a [u8]),
     /// The elements of a list.
     List(Vec<&'a [u8]>),
+    /// The (key, namespace) entry is removed (delta files only).
+    Delete,
     /// One map entry.
     MapEntry {
         /// Encoded user key.
@@ -188,7 +202,8 @@ impl KeyedSnapshotWriter {
         checkpoint_id: u64,
     ) -> Result<Self> {
         let mut buf = Vec::with_capacity(256);
-        encode_header(&mut buf, &KEYED_MAGIC, KEYED_FORMAT_VERSION);
+        let flags = if meta.delta { FLAG_DELTA } else { 0 };
+        encode_header(&mut buf, &KEYED_MAGIC, KEYED_FORMAT_VERSION, flags);
         let mut m = Vec::new();
         meta.encode(&mut m);
         encode_frame(&mut buf, &m, Compression::None)?;
@@ -253,6 +268,7 @@ impl KeyedSnapshotWriter {
     fn begin_record(
         &mut self,
         state: u32,
+        op: u8,
         key: &[u8],
         namespace: &[u8],
         body_len: usize,
@@ -284,6 +300,9 @@ impl KeyedSnapshotWriter {
             self.flush_payload()?;
         }
         put_varint(&mut self.payload, u64::from(state));
+        if self.meta.delta {
+            self.payload.push(op);
+        }
         put_bytes(&mut self.payload, key);
         put_bytes(&mut self.payload, namespace);
         Ok(())
@@ -304,7 +323,7 @@ impl KeyedSnapshotWriter {
         namespace: &[u8],
         value: &[u8],
     ) -> Result<()> {
-        self.begin_record(state, key, namespace, 10 + value.len())?;
+        self.begin_record(state, OP_PUT, key, namespace, 10 + value.len())?;
         put_bytes(&mut self.payload, value);
         self.end_record()
     }
@@ -319,7 +338,7 @@ impl KeyedSnapshotWriter {
         count: usize,
         encoded_elements: &[u8],
     ) -> Result<()> {
-        self.begin_record(state, key, namespace, 10 + encoded_elements.len())?;
+        self.begin_record(state, OP_PUT, key, namespace, 10 + encoded_elements.len())?;
         put_varint(&mut self.payload, count as u64);
         self.payload.extend_from_slice(encoded_elements);
         self.end_record()
@@ -336,6 +355,7 @@ impl KeyedSnapshotWriter {
     ) -> Result<()> {
         self.begin_record(
             state,
+            OP_PUT,
             key,
             namespace,
             20 + user_key.len() + user_value.len(),
@@ -345,9 +365,23 @@ impl KeyedSnapshotWriter {
         self.end_record()
     }
 
+    /// Writes the removal of the (key, namespace) entry; only in delta files.
+    pub fn write_delete(&mut self, state: u32, key: &[u8], namespace: &[u8]) -> Result<()> {
+        if !self.meta.delta {
+            return Err(Error::Corrupted {
+                file: "snapshot writer".into(),
+                offset: self.position(),
+                reason: "a delete written to a full snapshot".into(),
+            });
+        }
+        self.begin_record(state, OP_DELETE, key, namespace, 0)?;
+        self.end_record()
+    }
+
     /// Writes a record read from another snapshot, under state index `state`.
     pub fn write_record(&mut self, state: u32, record: &Record<'_>) -> Result<()> {
         match &record.body {
+            RecordBody::Delete => self.write_delete(state, record.key, record.namespace),
             RecordBody::Cell(v) => self.write_cell(state, record.key, record.namespace, v),
             RecordBody::MapEntry { key, value } => {
                 self.write_map_entry(state, record.key, record.namespace, key, value)
@@ -363,7 +397,7 @@ impl KeyedSnapshotWriter {
     }
 
     /// Ends the last key group, writes the index and footer, closes the stream.
-    pub fn finish(mut self) -> Result<KeyedStateHandle> {
+    pub fn finish(mut self) -> Result<KeyGroupsStateHandle> {
         self.flush_payload()?;
         let range = self.meta.range;
         let index_offset = self.position();
@@ -380,7 +414,7 @@ impl KeyedSnapshotWriter {
         encode_footer(&mut self.frame, &KEYED_MAGIC, index_offset);
         self.out.write_all(&self.frame)?;
         let data = self.out.close_and_get_handle()?;
-        Ok(KeyedStateHandle {
+        Ok(KeyGroupsStateHandle {
             checkpoint_id: self.checkpoint_id,
             data,
             max_parallelism: self.meta.max_parallelism,
@@ -401,7 +435,7 @@ pub struct KeyedSnapshotReader {
 impl KeyedSnapshotReader {
     /// Opens the file a handle names and checks that the handle's offsets agree
     /// with the file's own index.
-    pub fn open(handle: &KeyedStateHandle) -> Result<Self> {
+    pub fn open(handle: &KeyGroupsStateHandle) -> Result<Self> {
         let reader = Self::from_bytes(handle.data.read()?)?;
         let name = reader.bytes.name().to_string();
         let corrupted = |reason: String| Error::Corrupted {
@@ -445,13 +479,21 @@ impl KeyedSnapshotReader {
     pub fn from_bytes(bytes: StreamBytes) -> Result<Self> {
         let file = bytes.name().to_string();
         let data = bytes.bytes();
-        let index_offset = check_envelope(&file, data, &KEYED_MAGIC, KEYED_SUPPORTED_VERSIONS)?;
+        let envelope = check_envelope(
+            &file,
+            data,
+            &KEYED_MAGIC,
+            KEYED_SUPPORTED_VERSIONS,
+            FLAG_DELTA,
+        )?;
+        let index_offset = envelope.index_offset;
         let (meta_payload, meta_end) = decode_frame(&file, data, FILE_HEADER_LEN as u64)?;
-        let meta = KeyedSnapshotMeta::decode(&mut ByteReader::new(
+        let mut meta = KeyedSnapshotMeta::decode(&mut ByteReader::new(
             &meta_payload,
             &file,
             FILE_HEADER_LEN as u64,
         ))?;
+        meta.delta = envelope.flags & FLAG_DELTA != 0;
         let (index, index_end) = decode_frame(&file, data, index_offset)?;
         let footer_at = (data.len() - super::FOOTER_LEN) as u64;
         if index_end != footer_at {
@@ -535,13 +577,7 @@ impl KeyedSnapshotReader {
         mut f: impl FnMut(Record<'_>) -> Result<()>,
     ) -> Result<()> {
         for (offset, payload) in self.key_group_frames(key_group)? {
-            parse_records(
-                self.file_name(),
-                offset,
-                &payload,
-                &self.meta.states,
-                &mut f,
-            )?;
+            parse_records(self.file_name(), offset, &payload, &self.meta, &mut f)?;
         }
         Ok(())
     }
@@ -552,31 +588,37 @@ pub fn parse_records(
     file: &str,
     offset: u64,
     payload: &[u8],
-    states: &[StateMeta],
+    file_meta: &KeyedSnapshotMeta,
     mut f: impl FnMut(Record<'_>) -> Result<()>,
 ) -> Result<()> {
     let mut r = ByteReader::new(payload, file, offset);
     while !r.is_empty() {
         let state = r.varint()?;
-        let meta = states
+        let meta = file_meta
+            .states
             .get(state as usize)
             .ok_or_else(|| r.corrupted(format!("record of unknown state index {state}")))?;
+        let op = if file_meta.delta { r.u8()? } else { OP_PUT };
         let key = r.bytes()?;
         let namespace = r.bytes()?;
-        let body = match meta.kind.shape() {
-            StorageShape::Cell => RecordBody::Cell(r.bytes()?),
-            StorageShape::List => {
-                let n = r.count(1)?;
-                let mut elements = Vec::with_capacity(n);
-                for _ in 0..n {
-                    elements.push(r.bytes()?);
+        let body = match (op, meta.kind.shape()) {
+            (OP_DELETE, _) => RecordBody::Delete,
+            (OP_PUT, shape) => match shape {
+                StorageShape::Cell => RecordBody::Cell(r.bytes()?),
+                StorageShape::List => {
+                    let n = r.count(1)?;
+                    let mut elements = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        elements.push(r.bytes()?);
+                    }
+                    RecordBody::List(elements)
                 }
-                RecordBody::List(elements)
-            }
-            StorageShape::Map => RecordBody::MapEntry {
-                key: r.bytes()?,
-                value: r.bytes()?,
+                StorageShape::Map => RecordBody::MapEntry {
+                    key: r.bytes()?,
+                    value: r.bytes()?,
+                },
             },
+            (other, _) => return Err(r.corrupted(format!("unknown record op {other}"))),
         };
         f(Record {
             state: state as u32,
@@ -593,9 +635,9 @@ pub fn parse_records(
 pub fn describe_keyed_file(
     data: StreamStateHandle,
     checkpoint_id: u64,
-) -> Result<KeyedStateHandle> {
+) -> Result<KeyGroupsStateHandle> {
     let reader = KeyedSnapshotReader::from_bytes(data.read()?)?;
-    Ok(KeyedStateHandle {
+    Ok(KeyGroupsStateHandle {
         checkpoint_id,
         max_parallelism: reader.meta.max_parallelism,
         range: reader.meta.range,

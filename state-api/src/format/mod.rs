@@ -52,10 +52,10 @@ pub const FOOTER_MAGIC_OFFSET: usize = FOOTER_CRC_OFFSET + 4;
 pub const FOOTER_LEN: usize = FOOTER_MAGIC_OFFSET + 4;
 
 /// Writes a file header.
-pub(crate) fn encode_header(out: &mut Vec<u8>, magic: &[u8; 4], version: u16) {
+pub(crate) fn encode_header(out: &mut Vec<u8>, magic: &[u8; 4], version: u16, flags: u16) {
     out.extend_from_slice(magic);
     out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
 }
 
 /// Writes a footer pointing at the index frame.
@@ -66,13 +66,23 @@ pub(crate) fn encode_footer(out: &mut Vec<u8>, magic: &[u8; 4], index_offset: u6
     out.extend_from_slice(magic);
 }
 
-/// Checks the header and footer of a file; returns the index frame's offset.
+/// The checked envelope of a file.
+pub(crate) struct Envelope {
+    /// Offset of the index frame.
+    pub(crate) index_offset: u64,
+    /// The header flags (only bits in the allowed mask).
+    pub(crate) flags: u16,
+}
+
+/// Checks the header and footer of a file; `allowed_flags` is the mask of
+/// header flags this file kind may set.
 pub(crate) fn check_envelope(
     file: &str,
     bytes: &[u8],
     magic: &[u8; 4],
     supported: &'static [u16],
-) -> Result<u64> {
+    allowed_flags: u16,
+) -> Result<Envelope> {
     let len = bytes.len() as u64;
     if bytes.len() < FILE_HEADER_LEN + FOOTER_LEN {
         return Err(Error::Truncated {
@@ -100,7 +110,7 @@ pub(crate) fn check_envelope(
         });
     }
     let flags = r.u16()?;
-    if flags != 0 {
+    if flags & !allowed_flags != 0 {
         return Err(Error::Corrupted {
             file: file.to_string(),
             offset: HEADER_FLAGS_OFFSET as u64,
@@ -136,5 +146,8 @@ pub(crate) fn check_envelope(
             reason: format!("index offset {index_offset} is outside the file's frames"),
         });
     }
-    Ok(index_offset)
+    Ok(Envelope {
+        index_offset,
+        flags,
+    })
 }

@@ -60,7 +60,7 @@ pub fn write_operator_snapshot(
     cancelled: &dyn Fn() -> Result<()>,
 ) -> Result<OperatorStateHandle> {
     let mut buf = Vec::new();
-    encode_header(&mut buf, &OPERATOR_MAGIC, OPERATOR_FORMAT_VERSION);
+    encode_header(&mut buf, &OPERATOR_MAGIC, OPERATOR_FORMAT_VERSION, 0);
     let mut meta = Vec::new();
     put_varint(&mut meta, states.len() as u64);
     for s in states {
@@ -120,7 +120,8 @@ pub fn read_operator_snapshot(handle: &OperatorStateHandle) -> Result<Vec<Operat
 fn read_layout(bytes: &StreamBytes) -> Result<(Vec<OperatorStateMeta>, Vec<Vec<u64>>)> {
     let file = bytes.name();
     let data = bytes.bytes();
-    let index_offset = check_envelope(file, data, &OPERATOR_MAGIC, OPERATOR_SUPPORTED_VERSIONS)?;
+    let index_offset =
+        check_envelope(file, data, &OPERATOR_MAGIC, OPERATOR_SUPPORTED_VERSIONS, 0)?.index_offset;
     let (meta_payload, meta_end) = decode_frame(file, data, FILE_HEADER_LEN as u64)?;
     let mut r = ByteReader::new(&meta_payload, file, FILE_HEADER_LEN as u64);
     let n = r.count(3)?;

@@ -23,10 +23,10 @@ pub fn assign_keyed_state(
 ) -> Result<Vec<Vec<KeyedStateHandle>>> {
     check_parallelism(new_parallelism, max_parallelism)?;
     for h in old {
-        if h.max_parallelism != max_parallelism {
+        if h.max_parallelism() != max_parallelism {
             return Err(Error::MaxParallelismMismatch {
-                file: h.data.describe(),
-                snapshot: h.max_parallelism,
+                file: h.describe(),
+                snapshot: h.max_parallelism(),
                 backend: max_parallelism,
             });
         }
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn mismatched_max_parallelism_is_an_error() {
-        let h = KeyedStateHandle {
+        let h = KeyedStateHandle::from(crate::snapshot::handle::KeyGroupsStateHandle {
             checkpoint_id: 1,
             data: StreamStateHandle::InMemory {
                 name: "k".into(),
@@ -222,10 +222,10 @@ mod tests {
             max_parallelism: 128,
             range: KeyGroupRange::new(0, 127),
             offsets: vec![0; 129],
-        };
+        });
         assert!(assign_keyed_state(std::slice::from_ref(&h), 2, 256).is_err());
         let a = assign_keyed_state(&[h], 3, 128).expect("assign");
-        let total: usize = a.iter().flatten().map(|h| h.range.len()).sum();
+        let total: usize = a.iter().flatten().map(|h| h.range().len()).sum();
         assert_eq!(total, 128);
     }
 }
