@@ -78,6 +78,18 @@ pub enum Error {
         /// The max parallelism.
         max_parallelism: u32,
     },
+    /// An argument is invalid (a job id, a threshold, a path).
+    #[error("invalid argument: {what}")]
+    InvalidArgument {
+        /// What is wrong.
+        what: String,
+    },
+    /// A checkpoint or savepoint does not exist (or was never completed).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
     /// The current key belongs to a key group this backend does not own.
     #[error("key group {key_group} of the current key is not in this backend's range {range}")]
     KeyGroupOutOfRange {
@@ -239,6 +251,8 @@ impl Error {
             | Error::InvalidParallelism { .. }
             | Error::InvalidOperatorIndex { .. }
             | Error::InvalidKeyGroupRange { .. }
+            | Error::InvalidArgument { .. }
+            | Error::NotFound { .. }
             | Error::KeyGroupOutOfRange { .. }
             | Error::NoCurrentKey
             | Error::ForeignHandle { .. } => ErrorKind::InvalidArgument,

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod backend;
+pub mod checkpoint;
 pub mod codec;
 pub mod error;
 pub mod format;
