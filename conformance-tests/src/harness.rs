@@ -64,13 +64,19 @@ pub fn snapshot<S: StateBackend, B: KeyedStateBackend>(
     keyed: &mut B,
     checkpoint_id: u64,
 ) -> Result<Option<KeyedStateHandle>> {
-    keyed
+    let handle = keyed
         .snapshot(
             checkpoint_id,
             backend.stream_factory(checkpoint_id)?,
             SnapshotOptions::default(),
         )?
-        .run()
+        .run()?;
+    // As an engine does once the checkpoint is complete: incremental backends
+    // build their next snapshots on it.
+    if handle.is_some() {
+        keyed.notify_checkpoint_complete(checkpoint_id)?;
+    }
+    Ok(handle)
 }
 
 /// Snapshots an operator backend synchronously.
@@ -188,4 +194,59 @@ pub fn expect_err<T>(result: Result<T>, kind: ErrorKind, what: &str) -> Error {
 pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
+}
+
+/// A backend that lives in a temporary directory, deleted when it is dropped.
+pub struct TempDirBackend<S> {
+    backend: S,
+    dir: tempfile::TempDir,
+}
+
+impl<S> TempDirBackend<S> {
+    /// Creates a temporary directory and the backend `make` builds in it.
+    pub fn new(make: impl FnOnce(&std::path::Path) -> Result<S>) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the backend under test");
+        let backend = make(dir.path()).expect("the backend under test builds");
+        TempDirBackend { backend, dir }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &S {
+        &self.backend
+    }
+
+    /// The temporary directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl<S: StateBackend> StateBackend for TempDirBackend<S> {
+    type Keyed<K: StateKey> = S::Keyed<K>;
+
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn create_keyed_backend<K: StateKey>(
+        &self,
+        params: KeyedBackendParams<K>,
+        restore: &[KeyedStateHandle],
+    ) -> Result<Self::Keyed<K>> {
+        self.backend.create_keyed_backend(params, restore)
+    }
+
+    fn create_operator_backend(
+        &self,
+        restore: &[OperatorStateHandle],
+    ) -> Result<state_api::DefaultOperatorStateBackend> {
+        self.backend.create_operator_backend(restore)
+    }
+
+    fn stream_factory(
+        &self,
+        checkpoint_id: u64,
+    ) -> Result<std::sync::Arc<dyn state_api::snapshot::stream::CheckpointStreamFactory>> {
+        self.backend.stream_factory(checkpoint_id)
+    }
 }

@@ -8,18 +8,20 @@ mod restore;
 pub mod table;
 
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
 use state_api::backend::KeyedBackendParams;
 use state_api::codec::{Compatibility, SharedCodec};
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, RecordBody};
 use state_api::key_group::{key_group_for_hash, key_hash};
-use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::handle::{
+    IncrementalKeyedStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
+};
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
-use state_api::snapshot::SnapshotOptions;
+use state_api::snapshot::{SnapshotKind, SnapshotOptions};
 use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
 };
@@ -41,6 +43,48 @@ struct Registered<K> {
     table: Box<dyn ErasedTable<K>>,
 }
 
+/// Options of the heap keyed backend.
+#[derive(Clone, Debug, Default)]
+pub struct HeapOptions {
+    /// Incremental checkpoints; `None` (the default) writes full snapshots.
+    pub incremental: Option<IncrementalOptions>,
+}
+
+/// When an incremental chain is compacted into a new full snapshot.
+#[derive(Clone, Debug)]
+pub struct IncrementalOptions {
+    /// At most this many delta files follow a full snapshot.
+    pub max_deltas: usize,
+    /// A new full snapshot is written once the deltas' bytes exceed this
+    /// fraction of the full snapshot's bytes (restore reads at most
+    /// `1 + max_delta_ratio` times the state).
+    pub max_delta_ratio: f64,
+}
+
+impl Default for IncrementalOptions {
+    fn default() -> Self {
+        IncrementalOptions {
+            max_deltas: 16,
+            max_delta_ratio: 1.0,
+        }
+    }
+}
+
+/// Change periods per state (indexed like `states`): the changes recorded
+/// between two incremental snapshots.
+type ChangePeriod = Vec<Option<Arc<dyn Any + Send + Sync>>>;
+
+/// The incremental-checkpoint state of a backend.
+struct Incremental {
+    options: IncrementalOptions,
+    /// The chain of the newest completed checkpoint this backend took.
+    base: Option<IncrementalKeyedStateHandle>,
+    /// Change periods cut by incremental snapshots not yet confirmed, oldest first.
+    unconfirmed: Vec<(u64, ChangePeriod)>,
+    /// Handles of finished incremental snapshot tasks, until confirmed or aborted.
+    results: Arc<Mutex<BTreeMap<u64, IncrementalKeyedStateHandle>>>,
+}
+
 /// Keyed state of one subtask, on the heap.
 pub struct HeapKeyedStateBackend<K: StateKey> {
     id: u64,
@@ -57,12 +101,32 @@ pub struct HeapKeyedStateBackend<K: StateKey> {
     pending: Vec<StateMeta>,
     running: CancellationRegistry,
     closed: bool,
+    incremental: Option<Incremental>,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// Creates the backend for `params`, restoring the key groups it owns from
     /// `restore` (handles of any key-group ranges).
     pub fn new(params: KeyedBackendParams<K>, restore: &[KeyedStateHandle]) -> Result<Self> {
+        Self::with_options(params, restore, HeapOptions::default())
+    }
+
+    /// Like [`HeapKeyedStateBackend::new`], with options.
+    pub fn with_options(
+        params: KeyedBackendParams<K>,
+        restore: &[KeyedStateHandle],
+        options: HeapOptions,
+    ) -> Result<Self> {
+        if let Some(inc) = &options.incremental {
+            if inc.max_delta_ratio.is_nan() || inc.max_delta_ratio < 0.0 {
+                return Err(Error::InvalidArgument {
+                    what: format!(
+                        "max_delta_ratio {} must be a non-negative number",
+                        inc.max_delta_ratio
+                    ),
+                });
+            }
+        }
         params
             .key_group_range
             .check_within(params.max_parallelism)?;
@@ -86,7 +150,18 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             pending,
             running: CancellationRegistry::default(),
             closed: false,
+            incremental: options.incremental.map(|options| Incremental {
+                options,
+                base: None,
+                unconfirmed: Vec::new(),
+                results: Arc::default(),
+            }),
         })
+    }
+
+    /// Whether incremental checkpoints are on.
+    pub fn is_incremental(&self) -> bool {
+        self.incremental.is_some()
     }
 
     fn check_open(&self) -> Result<()> {
@@ -208,12 +283,89 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 self.restored = None;
             }
         }
+        if self.incremental.is_some() {
+            table.track_changes();
+        }
         let i = self.states.len();
         self.states.push(Registered {
             meta: meta.clone(),
             table: Box::new(table),
         });
         Ok(HandleCore::new(self.id, i as u32, &meta.name))
+    }
+}
+
+/// What the asynchronous part of a snapshot needs: shared copies of the
+/// tables and of the restored-but-unregistered states.
+struct SnapshotParts<K: StateKey> {
+    tables: Vec<Box<dyn table::ErasedTableSnapshot<K>>>,
+    pending: Option<PendingSnapshot>,
+    meta: KeyedSnapshotMeta,
+    key_codec: SharedCodec<K>,
+}
+
+impl<K: StateKey> SnapshotParts<K> {
+    /// Writes every entry: a full snapshot in the canonical format.
+    fn write(
+        &self,
+        out: Box<dyn state_api::snapshot::stream::CheckpointOutputStream>,
+        options: SnapshotOptions,
+        checkpoint_id: u64,
+        cancel: &state_api::snapshot::task::Cancellation,
+    ) -> Result<KeyGroupsStateHandle> {
+        let mut writer =
+            KeyedSnapshotWriter::new(out, self.meta.clone(), options.compression, checkpoint_id)?;
+        let mut scratch = Scratch::default();
+        for (index, kg) in self.meta.range.iter().enumerate() {
+            cancel.check("keyed state snapshot")?;
+            writer.start_key_group(kg)?;
+            for (state, table) in self.tables.iter().enumerate() {
+                table.write_key_group(
+                    index,
+                    state as u32,
+                    &*self.key_codec,
+                    &mut writer,
+                    &mut scratch,
+                )?;
+            }
+            if let Some(p) = &self.pending {
+                p.write_key_group(index, &mut writer)?;
+            }
+        }
+        writer.finish()
+    }
+
+    /// Writes the current value (or a delete) of every entry in `changes`
+    /// (per state, the unconfirmed change periods): a delta file.
+    fn write_delta(
+        &self,
+        out: Box<dyn state_api::snapshot::stream::CheckpointOutputStream>,
+        changes: &[Vec<Arc<dyn Any + Send + Sync>>],
+        options: SnapshotOptions,
+        checkpoint_id: u64,
+        cancel: &state_api::snapshot::task::Cancellation,
+    ) -> Result<KeyGroupsStateHandle> {
+        let mut meta = self.meta.clone();
+        meta.delta = true;
+        let mut writer = KeyedSnapshotWriter::new(out, meta, options.compression, checkpoint_id)?;
+        let mut scratch = Scratch::default();
+        for (index, kg) in self.meta.range.iter().enumerate() {
+            cancel.check("keyed state snapshot")?;
+            writer.start_key_group(kg)?;
+            for (state, (table, periods)) in self.tables.iter().zip(changes).enumerate() {
+                if !periods.is_empty() {
+                    table.write_changes(
+                        index,
+                        state as u32,
+                        periods,
+                        &*self.key_codec,
+                        &mut writer,
+                        &mut scratch,
+                    )?;
+                }
+            }
+        }
+        writer.finish()
     }
 }
 
@@ -281,6 +433,39 @@ fn pending_written<'a>(
         .and_then(|m| m.values.get(i))
 }
 
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    /// The synchronous part of a full snapshot.
+    fn snapshot_parts(&self) -> SnapshotParts<K> {
+        let tables: Vec<_> = self.states.iter().map(|s| s.table.snapshot()).collect();
+        let mut metas: Vec<StateMeta> = self.states.iter().map(|s| s.meta.clone()).collect();
+        let pending = match &self.restored {
+            Some(data) if !self.pending.is_empty() => {
+                let indices: HashMap<String, u32> = self
+                    .pending
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.name.clone(), (metas.len() + i) as u32))
+                    .collect();
+                metas.extend(self.pending.iter().cloned());
+                Some(PendingSnapshot::new(data.clone(), &indices))
+            }
+            _ => None,
+        };
+        SnapshotParts {
+            tables,
+            pending,
+            meta: KeyedSnapshotMeta {
+                max_parallelism: self.max_parallelism,
+                range: self.range,
+                key_codec: self.key_codec.schema(),
+                states: metas,
+                delta: false,
+            },
+            key_codec: self.key_codec.clone(),
+        }
+    }
+}
+
 impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     type Key = K;
 
@@ -342,16 +527,22 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
                 )
             },
             |table, index, entry, body, written| {
-                if let RecordBody::Cell(v) = body {
-                    let value = decode_value(
-                        &codec,
-                        compat,
-                        &written.values[0],
-                        v,
-                        &written.name,
-                        "value",
-                    )?;
-                    table.groups[index].insert(entry, value);
+                match body {
+                    RecordBody::Cell(v) => {
+                        let value = decode_value(
+                            &codec,
+                            compat,
+                            &written.values[0],
+                            v,
+                            &written.name,
+                            "value",
+                        )?;
+                        table.groups[index].insert(entry, value);
+                    }
+                    RecordBody::Delete => {
+                        table.groups[index].remove(&entry);
+                    }
+                    _ => {}
                 }
                 Ok(())
             },
@@ -394,9 +585,13 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
                             )
                         })
                         .collect::<Result<Vec<T>>>()?;
-                    if !list.is_empty() {
+                    if list.is_empty() {
+                        table.groups[index].remove(&entry);
+                    } else {
                         table.groups[index].insert(entry, Arc::new(list));
                     }
+                } else if *body == RecordBody::Delete {
+                    table.groups[index].remove(&entry);
                 }
                 Ok(())
             },
@@ -492,6 +687,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         value: V,
     ) -> Result<()> {
         let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        table.touch(index, key, namespace);
         let group = &mut table.groups[index];
         match group.get_mut(&EntryRef(key, namespace)) {
             Some(slot) => *slot = value,
@@ -508,6 +704,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         namespace: &N,
     ) -> Result<Option<V>> {
         let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        table.touch(index, key, namespace);
         Ok(table.groups[index].remove(&EntryRef(key, namespace)))
     }
 
@@ -519,6 +716,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         update: impl FnOnce(Option<&mut V>) -> Option<V>,
     ) -> Result<()> {
         let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        table.touch(index, key, namespace);
         let group = &mut table.groups[index];
         match group.get_mut(&EntryRef(key, namespace)) {
             Some(slot) => {
@@ -556,6 +754,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
             return Ok(());
         }
         let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        table.touch(index, key, namespace);
         let group = &mut table.groups[index];
         match group.get_mut(&EntryRef(key, namespace)) {
             Some(list) => Arc::make_mut(list).extend(elements),
@@ -573,6 +772,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         elements: Vec<T>,
     ) -> Result<()> {
         let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        table.touch(index, key, namespace);
         let group = &mut table.groups[index];
         if elements.is_empty() {
             group.remove(&EntryRef(key, namespace));
@@ -588,6 +788,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         namespace: &N,
     ) -> Result<Vec<T>> {
         let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        table.touch(index, key, namespace);
         Ok(table.groups[index]
             .remove(&EntryRef(key, namespace))
             .map(|list| Arc::try_unwrap(list).unwrap_or_else(|shared| (*shared).clone()))
@@ -617,6 +818,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         user_value: UV,
     ) -> Result<()> {
         let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        table.touch(index, key, namespace);
         let group = &mut table.groups[index];
         match group.get_mut(&EntryRef(key, namespace)) {
             Some(map) => {
@@ -638,6 +840,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         user_key: &UK,
     ) -> Result<Option<UV>> {
         let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        table.touch(index, key, namespace);
         let group = &mut table.groups[index];
         let entry = EntryRef(key, namespace);
         let Some(map) = group.get_mut(&entry) else {
@@ -679,6 +882,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         namespace: &N,
     ) -> Result<()> {
         let (table, key, index) = self.access::<MapTable<K, N, UK, UV>>(state.core())?;
+        table.touch(index, key, namespace);
         table.groups[index].remove(&EntryRef(key, namespace));
         Ok(())
     }
@@ -727,53 +931,105 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         }
         // The synchronous part: share every table's key-group maps (one
         // reference count per key group) and the restored bytes; copy nothing.
-        let tables: Vec<_> = self.states.iter().map(|s| s.table.snapshot()).collect();
-        let mut metas: Vec<StateMeta> = self.states.iter().map(|s| s.meta.clone()).collect();
-        let pending = match &self.restored {
-            Some(data) if !self.pending.is_empty() => {
-                let indices: HashMap<String, u32> = self
-                    .pending
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (m.name.clone(), (metas.len() + i) as u32))
-                    .collect();
-                metas.extend(self.pending.iter().cloned());
-                Some(PendingSnapshot::new(data.clone(), &indices))
+        let full = self.snapshot_parts();
+        let incremental = match (&mut self.incremental, options.kind) {
+            (Some(inc), SnapshotKind::Checkpoint) => inc,
+            _ => {
+                return Ok(SnapshotTask::new(self.running.register(), move |cancel| {
+                    let out = streams.create_stream(StreamScope::Exclusive)?;
+                    full.write(out, options, checkpoint_id, cancel)
+                        .map(|h| Some(h.into()))
+                }))
             }
-            _ => None,
         };
-        let meta = KeyedSnapshotMeta {
-            max_parallelism: self.max_parallelism,
-            range: self.range,
-            key_codec: self.key_codec.schema(),
-            states: metas,
-            delta: false,
-        };
-        let key_codec = self.key_codec.clone();
+        // Incremental: cut the change period, then write either a delta of
+        // everything changed since the base, or a new full base.
+        let period: ChangePeriod = self
+            .states
+            .iter_mut()
+            .map(|s| s.table.take_changes())
+            .collect();
+        incremental.unconfirmed.push((checkpoint_id, period));
+        let base = incremental.base.clone().filter(|b| {
+            let base_bytes = b.base.state_size() as f64;
+            let delta_bytes: u64 = b.deltas.iter().map(|d| d.state_size()).sum();
+            b.deltas.len() < incremental.options.max_deltas
+                && delta_bytes as f64 <= base_bytes * incremental.options.max_delta_ratio
+        });
+        let changes: Vec<Vec<Arc<dyn Any + Send + Sync>>> = (0..self.states.len())
+            .map(|i| {
+                incremental
+                    .unconfirmed
+                    .iter()
+                    .filter_map(|(_, period)| period.get(i).cloned().flatten())
+                    .collect()
+            })
+            .collect();
+        let results = incremental.results.clone();
         let range = self.range;
         Ok(SnapshotTask::new(self.running.register(), move |cancel| {
-            let out = streams.create_stream(StreamScope::Exclusive)?;
-            let mut writer =
-                KeyedSnapshotWriter::new(out, meta, options.compression, checkpoint_id)?;
-            let mut scratch = Scratch::default();
-            for (index, kg) in range.iter().enumerate() {
-                cancel.check("keyed state snapshot")?;
-                writer.start_key_group(kg)?;
-                for (state, table) in tables.iter().enumerate() {
-                    table.write_key_group(
-                        index,
-                        state as u32,
-                        &*key_codec,
-                        &mut writer,
-                        &mut scratch,
-                    )?;
+            let out = streams.create_stream(StreamScope::Shared)?;
+            let handle = match base {
+                None => IncrementalKeyedStateHandle {
+                    checkpoint_id,
+                    range,
+                    base: full.write(out, options, checkpoint_id, cancel)?,
+                    deltas: Vec::new(),
+                },
+                Some(base) => {
+                    let delta = full.write_delta(out, &changes, options, checkpoint_id, cancel)?;
+                    let mut deltas = base.deltas;
+                    deltas.push(delta);
+                    IncrementalKeyedStateHandle {
+                        checkpoint_id,
+                        range,
+                        base: base.base,
+                        deltas,
+                    }
                 }
-                if let Some(p) = &pending {
-                    p.write_key_group(index, &mut writer)?;
-                }
-            }
-            writer.finish().map(|h| Some(h.into()))
+            };
+            results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(checkpoint_id, handle.clone());
+            Ok(Some(KeyedStateHandle::IncrementalHeap(handle)))
         }))
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
+        let Some(inc) = &mut self.incremental else {
+            return Ok(());
+        };
+        if inc
+            .base
+            .as_ref()
+            .is_some_and(|b| b.checkpoint_id >= checkpoint_id)
+        {
+            return Ok(());
+        }
+        let mut results = inc.results.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(handle) = results.remove(&checkpoint_id) else {
+            return Err(Error::NotFound {
+                what: format!("a finished incremental snapshot for checkpoint {checkpoint_id}"),
+            });
+        };
+        results.retain(|id, _| *id > checkpoint_id);
+        inc.unconfirmed.retain(|(id, _)| *id > checkpoint_id);
+        inc.base = Some(handle);
+        Ok(())
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        if let Some(inc) = &mut self.incremental {
+            // Its changes stay in the unconfirmed periods, so the next delta
+            // carries them; its files are never referenced.
+            inc.results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&checkpoint_id);
+        }
+        Ok(())
     }
 
     fn close(&mut self) {

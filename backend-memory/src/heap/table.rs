@@ -8,6 +8,7 @@
 //! Flink's epoch-versioned copy-on-write, with the reference count as the epoch.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -59,6 +60,13 @@ pub trait ShapeCodec<S>: Send + Sync + 'static {
         writer: &mut KeyedSnapshotWriter,
         scratch: &mut Scratch,
     ) -> Result<()>;
+
+    /// Whether the records [`ShapeCodec::write`] emits replace the whole
+    /// (key, namespace) entry in a delta file. Map records add one user entry
+    /// each, so a changed map is written as a delete followed by its entries.
+    fn replaces_entry(&self) -> bool {
+        true
+    }
 }
 
 /// Reusable encoding buffers of a snapshot writer.
@@ -154,6 +162,10 @@ pub type MapValue<UK, UV> =
 pub struct MapCodec<UK, UV>(pub SharedCodec<UK>, pub SharedCodec<UV>);
 
 impl<UK: StateKey, UV: StateValue> ShapeCodec<MapValue<UK, UV>> for MapCodec<UK, UV> {
+    fn replaces_entry(&self) -> bool {
+        false
+    }
+
     fn write(
         &self,
         name: &str,
@@ -183,6 +195,18 @@ pub struct StateTable<K, N, S, C> {
     pub(crate) groups: Vec<GroupMap<K, N, S>>,
     pub(crate) namespace_codec: SharedCodec<N>,
     pub(crate) codec: Arc<C>,
+    /// Entries written since the last snapshot, per key group; `None` unless
+    /// incremental snapshots are on.
+    pub(crate) dirty: Option<DirtySets<K, N>>,
+}
+
+/// The (key, namespace) entries changed in a period, per key group.
+pub type DirtySets<K, N> = Vec<HashSet<EntryKey<K, N>, TableHasher>>;
+
+fn empty_dirty<K, N>(key_groups: usize) -> DirtySets<K, N> {
+    (0..key_groups)
+        .map(|_| HashSet::with_hasher(TableHasher::default()))
+        .collect()
 }
 
 impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> StateTable<K, N, S, C> {
@@ -196,6 +220,15 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> StateTable<K, N
                 .collect(),
             namespace_codec,
             codec: Arc::new(codec),
+            dirty: None,
+        }
+    }
+
+    /// Records that (key, namespace) of the key group at `index` changed.
+    #[inline]
+    pub fn touch(&mut self, index: usize, key: &K, namespace: &N) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty[index].insert(EntryKey(key.clone(), namespace.clone()));
         }
     }
 }
@@ -222,6 +255,11 @@ pub trait ErasedTable<K>: Send {
     fn keys(&self, namespace: &dyn Any) -> Option<Vec<K>>;
     /// Every (key, namespace) pair, boxed as `Vec<(K, N)>`.
     fn keys_and_namespaces(&self) -> Box<dyn Any>;
+    /// Starts recording changed entries (for incremental snapshots).
+    fn track_changes(&mut self);
+    /// Hands over the changes recorded since the last call (a
+    /// `DirtySets<K, N>`), and starts a new period.
+    fn take_changes(&mut self) -> Option<Arc<dyn Any + Send + Sync>>;
 }
 
 /// The asynchronous part's view of a table snapshot.
@@ -231,6 +269,19 @@ pub trait ErasedTableSnapshot<K>: Send {
         &self,
         index: usize,
         state: u32,
+        key_codec: &dyn Codec<K>,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()>;
+
+    /// Writes, for the key group at `index`, the current value (or a delete)
+    /// of every entry changed in any of `changes` (each a `DirtySets<K, N>`
+    /// from [`ErasedTable::take_changes`] of this table).
+    fn write_changes(
+        &self,
+        index: usize,
+        state: u32,
+        changes: &[Arc<dyn Any + Send + Sync>],
         key_codec: &dyn Codec<K>,
         writer: &mut KeyedSnapshotWriter,
         scratch: &mut Scratch,
@@ -282,6 +333,18 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTable<K>
             .collect();
         Box::new(all)
     }
+
+    fn track_changes(&mut self) {
+        if self.dirty.is_none() {
+            self.dirty = Some(empty_dirty(self.groups.len()));
+        }
+    }
+
+    fn take_changes(&mut self) -> Option<Arc<dyn Any + Send + Sync>> {
+        let n = self.groups.len();
+        let taken = std::mem::replace(self.dirty.as_mut()?, empty_dirty(n));
+        Some(Arc::new(taken))
+    }
 }
 
 impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTableSnapshot<K>
@@ -309,6 +372,51 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTableSnap
             )?;
             self.codec
                 .write(&self.name, state, value, writer, scratch)?;
+        }
+        Ok(())
+    }
+
+    fn write_changes(
+        &self,
+        index: usize,
+        state: u32,
+        changes: &[Arc<dyn Any + Send + Sync>],
+        key_codec: &dyn Codec<K>,
+        writer: &mut KeyedSnapshotWriter,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let Some(group) = self.groups.get(index) else {
+            return Ok(());
+        };
+        let mut seen: HashSet<&EntryKey<K, N>, TableHasher> =
+            HashSet::with_hasher(TableHasher::default());
+        for period in changes {
+            let Some(sets) = period.downcast_ref::<DirtySets<K, N>>() else {
+                continue;
+            };
+            for entry in sets.get(index).into_iter().flatten() {
+                if !seen.insert(entry) {
+                    continue;
+                }
+                encode_into(key_codec, &entry.0, &mut scratch.key, &self.name, "key")?;
+                encode_into(
+                    &*self.namespace_codec,
+                    &entry.1,
+                    &mut scratch.namespace,
+                    &self.name,
+                    "namespace",
+                )?;
+                match group.get(entry) {
+                    Some(value) => {
+                        if !self.codec.replaces_entry() {
+                            writer.write_delete(state, &scratch.key, &scratch.namespace)?;
+                        }
+                        self.codec
+                            .write(&self.name, state, value, writer, scratch)?;
+                    }
+                    None => writer.write_delete(state, &scratch.key, &scratch.namespace)?,
+                }
+            }
         }
         Ok(())
     }

@@ -699,6 +699,7 @@ pub fn snapshot_compressed_restores<S: StateBackend>(backend: &S) -> Result<()> 
     }
     let options = SnapshotOptions {
         compression: Compression::Zstd { level: 3 },
+        ..Default::default()
     };
     let handle = b
         .snapshot(1, backend.stream_factory(1)?, options)?

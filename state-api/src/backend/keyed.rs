@@ -248,6 +248,22 @@ pub trait KeyedStateBackend: Send + Sized {
         options: SnapshotOptions,
     ) -> Result<SnapshotTask<Option<KeyedStateHandle>>>;
 
+    /// Tells the backend that checkpoint `checkpoint_id` completed (its
+    /// metadata is durable). Incremental backends build later checkpoints on
+    /// it; a backend that writes full snapshots has nothing to do. Call it
+    /// only after the checkpoint's snapshot task finished.
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+
+    /// Tells the backend that checkpoint `checkpoint_id` was aborted: nothing
+    /// it wrote may be referenced by later checkpoints.
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+
     /// Closes the backend: running snapshot tasks fail with
     /// [`crate::Error::Cancelled`], and every later call with
     /// [`crate::Error::Closed`]. Closing twice is harmless.

@@ -33,14 +33,7 @@ pub const METADATA_FORMAT_VERSION: u16 = 1;
 /// Metadata versions this build reads.
 pub const METADATA_SUPPORTED_VERSIONS: &[u16] = &[1];
 
-/// Whether the metadata describes a checkpoint or a savepoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SnapshotKind {
-    /// Taken by the coordinator, subject to retention.
-    Checkpoint,
-    /// Triggered by a user, self-contained, never removed by retention.
-    Savepoint,
-}
+pub use crate::snapshot::SnapshotKind;
 
 /// The state of one subtask of an operator.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
