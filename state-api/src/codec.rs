@@ -187,14 +187,13 @@ where
         CodecSchema::new(&*self.name, self.version)
     }
 
+    #[inline]
     fn encode(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        // postcard's `extend` flavour appends to any `Extend<u8>` without an
-        // intermediate allocation.
-        postcard::to_extend(value, std::mem::take(out))
-            .map(|bytes| *out = bytes)
+        postcard::serialize_with_flavor(value, AppendToVec(out))
             .map_err(|e| CodecError(format!("postcard encode: {e}")))
     }
 
+    #[inline]
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         match postcard::take_from_bytes::<T>(bytes) {
             Ok((value, [])) => Ok(value),
@@ -229,6 +228,30 @@ where
                 self.schema()
             ))),
         }
+    }
+}
+
+/// A postcard output that appends to a caller's buffer (no allocation once
+/// the buffer has grown).
+struct AppendToVec<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendToVec<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

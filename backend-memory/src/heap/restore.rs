@@ -33,6 +33,9 @@ pub(crate) struct RestoredFrame {
 
 /// The frames of every key group of the backend's range, from every handle.
 pub(crate) struct RestoredData {
+    pub(crate) max_parallelism: u32,
+    /// The backend's key-group range: `groups[i]` holds key group `range.start() + i`.
+    pub(crate) range: state_api::KeyGroupRange,
     pub(crate) sources: Vec<RestoredSource>,
     /// Indexed by position in the backend's key-group range.
     pub(crate) groups: Vec<Vec<RestoredFrame>>,
@@ -47,6 +50,8 @@ impl RestoredData {
     ) -> Result<(RestoredData, Vec<StateMeta>)> {
         let range = params.key_group_range;
         let mut data = RestoredData {
+            max_parallelism: params.max_parallelism,
+            range,
             sources: Vec::with_capacity(handles.len()),
             groups: (0..range.len()).map(|_| Vec::new()).collect(),
         };
@@ -89,7 +94,6 @@ impl RestoredData {
             for kg in own.iter() {
                 let index = (kg - range.start()) as usize;
                 for (offset, payload) in reader.key_group_frames(kg)? {
-                    check_frame(&file, offset, &payload, meta, kg, params.max_parallelism)?;
                     data.groups[index].push(RestoredFrame {
                         source,
                         offset,
@@ -105,7 +109,8 @@ impl RestoredData {
         Ok((data, metas))
     }
 
-    /// Calls `f(key group index, record)` for every record of state `name`.
+    /// Calls `f(key group index, record)` for every record of state `name`,
+    /// after checking that the record's key belongs to that key group.
     pub(crate) fn for_each_record_of(
         &self,
         name: &str,
@@ -134,11 +139,21 @@ impl RestoredData {
                     &frame.payload,
                     &source.meta,
                     |r| {
-                        if r.state == want {
-                            f(index, &r)
-                        } else {
-                            Ok(())
+                        if r.state != want {
+                            return Ok(());
                         }
+                        let kg = self.range.start() + index as u32;
+                        let actual = key_group_for_hash(key_hash(r.key), self.max_parallelism);
+                        if actual != kg {
+                            return Err(Error::Corrupted {
+                                file: source.file.clone(),
+                                offset: frame.offset,
+                                reason: format!(
+                                    "a key of key group {actual} is stored under key group {kg}"
+                                ),
+                            });
+                        }
+                        f(index, &r)
                     },
                 )?;
             }
@@ -164,29 +179,6 @@ impl RestoredData {
         }
         Ok(n)
     }
-}
-
-/// Checks that every record of a frame parses and that its key belongs to `kg`.
-fn check_frame(
-    file: &str,
-    offset: u64,
-    payload: &[u8],
-    meta: &KeyedSnapshotMeta,
-    kg: u32,
-    max_parallelism: u32,
-) -> Result<()> {
-    parse_records(file, offset, payload, meta, |r| {
-        let actual = key_group_for_hash(key_hash(r.key), max_parallelism);
-        if actual == kg {
-            Ok(())
-        } else {
-            Err(Error::Corrupted {
-                file: file.to_string(),
-                offset,
-                reason: format!("a key of key group {actual} is stored under key group {kg}"),
-            })
-        }
-    })
 }
 
 /// Restored states not registered yet, written as they were read.
