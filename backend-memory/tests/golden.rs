@@ -130,7 +130,10 @@ fn write_golden() -> Result<()> {
             .snapshot(
                 1,
                 backend.stream_factory(1)?,
-                SnapshotOptions { compression },
+                SnapshotOptions {
+                    compression,
+                    ..Default::default()
+                },
             )?
             .run()?
             .expect("state");
