@@ -4,6 +4,7 @@
 //! [`CheckpointStreamFactory`] the caller passes, so file-based backends reuse
 //! this backend as it is.
 
+pub mod cow_map;
 mod restore;
 pub mod table;
 

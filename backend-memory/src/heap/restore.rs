@@ -5,6 +5,7 @@
 //! decoded into its typed table when it is registered. Restored states that
 //! are never registered are written, record for record, into later snapshots.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use state_api::format::keyed::{
 };
 use state_api::key_group::{key_group_for_hash, key_hash};
 use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::stream::StreamBytes;
 use state_api::state::StateMeta;
 use state_api::{Error, Result};
 
@@ -28,7 +30,25 @@ pub(crate) struct RestoredSource {
 pub(crate) struct RestoredFrame {
     pub(crate) source: u32,
     pub(crate) offset: u64,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: FramePayload,
+}
+
+/// A frame's payload: a range of the file's bytes (shared, not copied) for a
+/// stored frame, or the decompressed bytes of a compressed one.
+pub(crate) enum FramePayload {
+    Shared(StreamBytes, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FramePayload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FramePayload::Shared(bytes, range) => &bytes.bytes()[range.clone()],
+            FramePayload::Owned(v) => v,
+        }
+    }
 }
 
 /// The frames of every key group of the backend's range, from every handle.
@@ -94,10 +114,18 @@ impl RestoredData {
             for kg in own.iter() {
                 let index = (kg - range.start()) as usize;
                 for (offset, payload) in reader.key_group_frames(kg)? {
+                    let payload = match payload {
+                        Cow::Borrowed(slice) => {
+                            let file = reader.stream_bytes();
+                            let start = slice.as_ptr() as usize - file.bytes().as_ptr() as usize;
+                            FramePayload::Shared(file.clone(), start..start + slice.len())
+                        }
+                        Cow::Owned(v) => FramePayload::Owned(v),
+                    };
                     data.groups[index].push(RestoredFrame {
                         source,
                         offset,
-                        payload: payload.into_owned(),
+                        payload,
                     });
                 }
             }

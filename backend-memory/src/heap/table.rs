@@ -1,11 +1,10 @@
-//! Typed state tables: one persistent hash map per key group per state.
+//! Typed state tables: one copy-on-write hash map ([`CowMap`]) per key group
+//! per state.
 //!
-//! Each key group's entries live in an [`imbl::GenericHashMap`], a hash array
-//! mapped trie whose nodes are shared through reference counts. Taking a
-//! snapshot clones the per-key-group maps — one reference-count increment per
-//! key group, no entry copied. A later write copies only the trie path to the
-//! entry it touches, and only while a snapshot still shares that path: this is
-//! Flink's epoch-versioned copy-on-write, with the reference count as the epoch.
+//! Taking a snapshot clones the per-key-group maps: one reference count per
+//! shard of a few hundred entries, no entry copied. A later write copies only
+//! the shard it touches, and only while a snapshot still shares it: Flink's
+//! epoch-versioned copy-on-write, with the reference count as the epoch.
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -13,6 +12,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use equivalent::Equivalent;
+
+use super::cow_map::CowMap;
 use state_api::codec::{Codec, SharedCodec};
 use state_api::format::bytes::put_bytes;
 use state_api::format::keyed::KeyedSnapshotWriter;
@@ -23,9 +24,8 @@ use state_api::{Error, Result};
 /// in memory and is never persisted (key groups use their own fixed hash).
 pub type TableHasher = foldhash::fast::RandomState;
 
-/// A persistent map of one key group.
-pub type GroupMap<K, N, S> =
-    imbl::GenericHashMap<EntryKey<K, N>, S, TableHasher, imbl::shared_ptr::DefaultSharedPtr>;
+/// The entries of one key group.
+pub type GroupMap<K, N, S> = CowMap<EntryKey<K, N>, S>;
 
 /// The key of a table entry: (key, namespace).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]

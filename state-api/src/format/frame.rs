@@ -58,6 +58,16 @@ pub enum Compression {
 ///
 /// Compression is used only when it makes the frame smaller.
 pub fn encode_frame(out: &mut Vec<u8>, payload: &[u8], compression: Compression) -> Result<()> {
+    let (header, stored) = prepare_frame(payload, compression)?;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&stored);
+    Ok(())
+}
+
+/// The header of a frame holding `payload`, and the bytes stored after it
+/// (the payload itself, or its compressed form when that is smaller). Lets a
+/// writer send a large payload on without copying it into a frame buffer.
+pub fn prepare_frame(payload: &[u8], compression: Compression) -> Result<([u8; FRAME_HEADER_LEN], Cow<'_, [u8]>)> {
     if payload.len() > MAX_FRAME_PAYLOAD {
         return Err(Error::SizeLimitExceeded {
             what: "a snapshot frame (one record)".into(),
@@ -73,20 +83,19 @@ pub fn encode_frame(out: &mut Vec<u8>, payload: &[u8], compression: Compression)
         }
         _ => None,
     };
-    let (codec, stored): (u8, &[u8]) = match &compressed {
-        Some(c) => (CODEC_ZSTD, c),
-        None => (CODEC_NONE, payload),
+    let (codec, stored): (u8, Cow<'_, [u8]>) = match compressed {
+        Some(c) => (CODEC_ZSTD, Cow::Owned(c)),
+        None => (CODEC_NONE, Cow::Borrowed(payload)),
     };
-    let start = out.len();
-    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.push(codec);
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[FRAME_STORED_LEN_OFFSET..FRAME_RAW_LEN_OFFSET].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+    header[FRAME_RAW_LEN_OFFSET..FRAME_CODEC_OFFSET].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[FRAME_CODEC_OFFSET] = codec;
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[start..start + FRAME_CRC_OFFSET]);
-    crc.update(stored);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(stored);
-    Ok(())
+    crc.update(&header[..FRAME_CRC_OFFSET]);
+    crc.update(&stored);
+    header[FRAME_CRC_OFFSET..].copy_from_slice(&crc.finalize().to_le_bytes());
+    Ok((header, stored))
 }
 
 /// Decodes the frame at `offset` of `file_bytes`; returns its payload and the

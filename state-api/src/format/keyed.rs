@@ -27,7 +27,7 @@ use std::borrow::Cow;
 
 use super::bytes::{put_bytes, put_schema, put_str, put_varint, ByteReader};
 use super::frame::{
-    decode_frame, encode_frame, Compression, MAX_FRAME_PAYLOAD, TARGET_FRAME_PAYLOAD,
+    decode_frame, encode_frame, prepare_frame, Compression, MAX_FRAME_PAYLOAD, TARGET_FRAME_PAYLOAD,
 };
 use super::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN};
 use crate::codec::CodecSchema;
@@ -234,12 +234,21 @@ impl KeyedSnapshotWriter {
         if self.payload.is_empty() {
             return Ok(());
         }
-        encode_frame(&mut self.frame, &self.payload, self.compression)?;
-        self.payload.clear();
-        if self.frame.len() >= TARGET_FRAME_PAYLOAD {
-            self.out.write_all(&self.frame)?;
-            self.frame.clear();
+        let (header, stored) = prepare_frame(&self.payload, self.compression)?;
+        if self.frame.len() + header.len() + stored.len() < TARGET_FRAME_PAYLOAD {
+            // Small frames (small key groups) are batched into one write.
+            self.frame.extend_from_slice(&header);
+            self.frame.extend_from_slice(&stored);
+        } else {
+            // A large frame goes straight to the stream, without a copy.
+            if !self.frame.is_empty() {
+                self.out.write_all(&self.frame)?;
+                self.frame.clear();
+            }
+            self.out.write_all(&header)?;
+            self.out.write_all(&stored)?;
         }
+        self.payload.clear();
         Ok(())
     }
 
@@ -538,6 +547,11 @@ impl KeyedSnapshotReader {
     /// The file's meta.
     pub fn meta(&self) -> &KeyedSnapshotMeta {
         &self.meta
+    }
+
+    /// The file's bytes.
+    pub fn stream_bytes(&self) -> &StreamBytes {
+        &self.bytes
     }
 
     /// The name of the file, for errors.

@@ -1,0 +1,267 @@
+//! A hash map whose clone is cheap and whose writes copy on write, shard by
+//! shard.
+//!
+//! Entries live in up to a few hundred per shard, each shard a SwissTable
+//! (`hashbrown::HashTable`) behind an `Arc`. Cloning the map — what a
+//! snapshot's synchronous part does — clones the shard pointers: one reference
+//! count per shard, no entry copied. A write to a shard that a snapshot still
+//! shares copies that shard only (at most [`MAX_AVERAGE_SHARD_LEN`] × 2
+//! entries); once the snapshot is dropped, writes mutate in place again. This
+//! is Flink's copy-on-write state map at shard rather than entry granularity,
+//! which keeps reads, writes and iteration at plain hash-table speed.
+//!
+//! The shard of a key is taken from bits 32.. of its hash, away from the low
+//! bits SwissTable uses for buckets and the top seven it uses as tags.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use equivalent::Equivalent;
+use hashbrown::hash_table::{Entry, HashTable};
+
+use super::table::TableHasher;
+
+/// The map doubles its shard count when shards hold more than this many
+/// entries on average.
+pub const MAX_AVERAGE_SHARD_LEN: usize = 256;
+
+const SHARD_BITS_OFFSET: u32 = 32;
+
+/// A copy-on-write hash map (see the module docs).
+pub struct CowMap<K, V> {
+    /// A power-of-two number of shards (none while empty).
+    shards: Vec<Arc<HashTable<(K, V)>>>,
+    len: usize,
+    hasher: TableHasher,
+}
+
+impl<K, V> Clone for CowMap<K, V> {
+    fn clone(&self) -> Self {
+        CowMap {
+            shards: self.shards.clone(),
+            len: self.len,
+            hasher: self.hasher.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
+    /// An empty map hashing with `hasher`.
+    pub fn with_hasher(hasher: TableHasher) -> Self {
+        CowMap {
+            shards: Vec::new(),
+            len: 0,
+            hasher,
+        }
+    }
+
+    /// Number of entries.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the map is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn locate<Q: Hash + ?Sized>(&self, key: &Q) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        let shard = ((hash >> SHARD_BITS_OFFSET) as usize) & (self.shards.len().wrapping_sub(1));
+        (hash, shard)
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub fn get<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q) -> Option<&V> {
+        if self.len == 0 {
+            return None;
+        }
+        let (hash, shard) = self.locate(key);
+        self.shards[shard]
+            .find(hash, |(k, _)| key.equivalent(k))
+            .map(|(_, v)| v)
+    }
+
+    /// The value of `key`, to change in place (copies its shard first if a
+    /// clone still shares it; an absent key copies nothing).
+    #[inline]
+    pub fn get_mut<Q: Hash + Equivalent<K> + ?Sized>(&mut self, key: &Q) -> Option<&mut V> {
+        if self.len == 0 {
+            return None;
+        }
+        let (hash, shard) = self.locate(key);
+        let shard = &mut self.shards[shard];
+        shard.find(hash, |(k, _)| key.equivalent(k))?;
+        Arc::make_mut(shard)
+            .find_mut(hash, |(k, _)| key.equivalent(k))
+            .map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`; returns the previous value.
+    #[inline]
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        if self.shards.is_empty() {
+            self.shards.push(Arc::new(HashTable::new()));
+        }
+        let (hash, shard) = self.locate(&key);
+        let hasher = &self.hasher;
+        let table = Arc::make_mut(&mut self.shards[shard]);
+        match table.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
+            Entry::Vacant(v) => {
+                v.insert((key, value));
+                self.len += 1;
+                if self.len > self.shards.len() * MAX_AVERAGE_SHARD_LEN {
+                    self.split();
+                }
+                None
+            }
+        }
+    }
+
+    /// Removes `key`; returns its value. An absent key copies nothing.
+    #[inline]
+    pub fn remove<Q: Hash + Equivalent<K> + ?Sized>(&mut self, key: &Q) -> Option<V> {
+        if self.len == 0 {
+            return None;
+        }
+        let (hash, shard) = self.locate(key);
+        let shard = &mut self.shards[shard];
+        shard.find(hash, |(k, _)| key.equivalent(k))?;
+        let entry = Arc::make_mut(shard)
+            .find_entry(hash, |(k, _)| key.equivalent(k))
+            .ok()?;
+        let ((_, v), _) = entry.remove();
+        self.len -= 1;
+        Some(v)
+    }
+
+    /// Doubles the number of shards, moving (or, from shards a clone shares,
+    /// copying) every entry.
+    #[cold]
+    fn split(&mut self) {
+        let count = self.shards.len() * 2;
+        let mut shards: Vec<HashTable<(K, V)>> = (0..count)
+            .map(|_| HashTable::with_capacity(MAX_AVERAGE_SHARD_LEN))
+            .collect();
+        let hasher = self.hasher.clone();
+        let mut place = |(k, v): (K, V)| {
+            let hash = hasher.hash_one(&k);
+            let shard = ((hash >> SHARD_BITS_OFFSET) as usize) & (count - 1);
+            shards[shard].insert_unique(hash, (k, v), |(k, _)| hasher.hash_one(k));
+        };
+        for shard in std::mem::take(&mut self.shards) {
+            match Arc::try_unwrap(shard) {
+                Ok(table) => table.into_iter().for_each(&mut place),
+                Err(shared) => shared.iter().cloned().for_each(&mut place),
+            }
+        }
+        self.shards = shards.into_iter().map(Arc::new).collect();
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards.iter().flat_map(|s| s.iter()).map(|(k, v)| (k, v))
+    }
+
+    /// Every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Whether both maps share every shard (nothing was copied between them).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        self.shards.len() == other.shards.len()
+            && self.shards.iter().zip(&other.shards).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u16, u32),
+        Remove(u16),
+        Update(u16, u32),
+        Snapshot,
+        DropSnapshot,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (any::<u16>(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k % 2000, v)),
+            2 => any::<u16>().prop_map(|k| Op::Remove(k % 2000)),
+            2 => (any::<u16>(), any::<u32>()).prop_map(|(k, v)| Op::Update(k % 2000, v)),
+            1 => Just(Op::Snapshot),
+            1 => Just(Op::DropSnapshot),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The map behaves as a HashMap, and every snapshot (clone) keeps
+        /// exactly the content it had when it was taken.
+        #[test]
+        fn behaves_like_a_hash_map_with_frozen_snapshots(ops in proptest::collection::vec(op(), 1..3000)) {
+            let mut map = CowMap::with_hasher(TableHasher::default());
+            let mut model: HashMap<u16, u32> = HashMap::new();
+            let mut snapshots: Vec<(CowMap<u16, u32>, HashMap<u16, u32>)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k, v) => prop_assert_eq!(map.insert(k, v), model.insert(k, v)),
+                    Op::Remove(k) => prop_assert_eq!(map.remove(&k), model.remove(&k)),
+                    Op::Update(k, v) => {
+                        let got = map.get_mut(&k).map(|slot| std::mem::replace(slot, v));
+                        let want = model.get_mut(&k).map(|slot| std::mem::replace(slot, v));
+                        prop_assert_eq!(got, want);
+                    }
+                    Op::Snapshot => snapshots.push((map.clone(), model.clone())),
+                    Op::DropSnapshot => { snapshots.pop(); }
+                }
+                prop_assert_eq!(map.len(), model.len());
+            }
+            let all: HashMap<u16, u32> = map.iter().map(|(k, v)| (*k, *v)).collect();
+            prop_assert_eq!(&all, &model);
+            for (k, v) in &model {
+                prop_assert_eq!(map.get(k), Some(v));
+            }
+            for (snap, frozen) in &snapshots {
+                let got: HashMap<u16, u32> = snap.iter().map(|(k, v)| (*k, *v)).collect();
+                prop_assert_eq!(&got, frozen);
+                prop_assert_eq!(snap.len(), frozen.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_copies_one_shard_only() {
+        let mut map = CowMap::with_hasher(TableHasher::default());
+        for k in 0..10_000u32 {
+            map.insert(k, k);
+        }
+        assert!(map.shards.len() >= 32, "{} shards", map.shards.len());
+        let snapshot = map.clone();
+        assert!(map.ptr_eq(&snapshot), "a clone shares every shard");
+        *map.get_mut(&7).expect("present") = 0;
+        let copied = map
+            .shards
+            .iter()
+            .zip(&snapshot.shards)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(copied, 1, "one shard diverged");
+        assert_eq!(snapshot.get(&7), Some(&7), "the snapshot keeps the old value");
+        assert!(map.get_mut(&20_000).is_none());
+        assert_eq!(map.remove(&30_000), None);
+        let still_shared = map.shards.iter().zip(&snapshot.shards).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
+        assert_eq!(still_shared, map.shards.len() - 1, "absent keys copy nothing");
+    }
+}
