@@ -165,7 +165,10 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
-        self.shards.iter().flat_map(|s| s.iter()).map(|(k, v)| (k, v))
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter())
+            .map(|(k, v)| (k, v))
     }
 
     /// Every key, in no particular order.
@@ -176,7 +179,11 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
     /// Whether both maps share every shard (nothing was copied between them).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         self.shards.len() == other.shards.len()
-            && self.shards.iter().zip(&other.shards).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self
+                .shards
+                .iter()
+                .zip(&other.shards)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
@@ -258,10 +265,23 @@ mod tests {
             .filter(|(a, b)| !Arc::ptr_eq(a, b))
             .count();
         assert_eq!(copied, 1, "one shard diverged");
-        assert_eq!(snapshot.get(&7), Some(&7), "the snapshot keeps the old value");
+        assert_eq!(
+            snapshot.get(&7),
+            Some(&7),
+            "the snapshot keeps the old value"
+        );
         assert!(map.get_mut(&20_000).is_none());
         assert_eq!(map.remove(&30_000), None);
-        let still_shared = map.shards.iter().zip(&snapshot.shards).filter(|(a, b)| Arc::ptr_eq(a, b)).count();
-        assert_eq!(still_shared, map.shards.len() - 1, "absent keys copy nothing");
+        let still_shared = map
+            .shards
+            .iter()
+            .zip(&snapshot.shards)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(
+            still_shared,
+            map.shards.len() - 1,
+            "absent keys copy nothing"
+        );
     }
 }

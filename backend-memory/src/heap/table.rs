@@ -361,15 +361,23 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTableSnap
         let Some(group) = self.groups.get(index) else {
             return Ok(());
         };
+        // Every value of a zero-sized namespace type (the void namespace) is
+        // the same value, so its encoding is computed once; codecs encode
+        // equal values to equal bytes.
+        let constant_namespace = std::mem::size_of::<N>() == 0;
+        let mut namespace_done = false;
         for (entry, value) in group.iter() {
             encode_into(key_codec, &entry.0, &mut scratch.key, &self.name, "key")?;
-            encode_into(
-                &*self.namespace_codec,
-                &entry.1,
-                &mut scratch.namespace,
-                &self.name,
-                "namespace",
-            )?;
+            if !(constant_namespace && namespace_done) {
+                encode_into(
+                    &*self.namespace_codec,
+                    &entry.1,
+                    &mut scratch.namespace,
+                    &self.name,
+                    "namespace",
+                )?;
+                namespace_done = true;
+            }
             self.codec
                 .write(&self.name, state, value, writer, scratch)?;
         }

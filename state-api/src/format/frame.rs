@@ -67,7 +67,10 @@ pub fn encode_frame(out: &mut Vec<u8>, payload: &[u8], compression: Compression)
 /// The header of a frame holding `payload`, and the bytes stored after it
 /// (the payload itself, or its compressed form when that is smaller). Lets a
 /// writer send a large payload on without copying it into a frame buffer.
-pub fn prepare_frame(payload: &[u8], compression: Compression) -> Result<([u8; FRAME_HEADER_LEN], Cow<'_, [u8]>)> {
+pub fn prepare_frame(
+    payload: &[u8],
+    compression: Compression,
+) -> Result<([u8; FRAME_HEADER_LEN], Cow<'_, [u8]>)> {
     if payload.len() > MAX_FRAME_PAYLOAD {
         return Err(Error::SizeLimitExceeded {
             what: "a snapshot frame (one record)".into(),
@@ -88,8 +91,10 @@ pub fn prepare_frame(payload: &[u8], compression: Compression) -> Result<([u8; F
         None => (CODEC_NONE, Cow::Borrowed(payload)),
     };
     let mut header = [0u8; FRAME_HEADER_LEN];
-    header[FRAME_STORED_LEN_OFFSET..FRAME_RAW_LEN_OFFSET].copy_from_slice(&(stored.len() as u32).to_le_bytes());
-    header[FRAME_RAW_LEN_OFFSET..FRAME_CODEC_OFFSET].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[FRAME_STORED_LEN_OFFSET..FRAME_RAW_LEN_OFFSET]
+        .copy_from_slice(&(stored.len() as u32).to_le_bytes());
+    header[FRAME_RAW_LEN_OFFSET..FRAME_CODEC_OFFSET]
+        .copy_from_slice(&(payload.len() as u32).to_le_bytes());
     header[FRAME_CODEC_OFFSET] = codec;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header[..FRAME_CRC_OFFSET]);
