@@ -419,6 +419,29 @@ impl CheckpointCoordinator {
         Ok(dir)
     }
 
+    /// Stop with savepoint: takes a savepoint (the snapshots are taken by
+    /// `take`, which gets the pending savepoint's streams and returns the
+    /// operators' states), then shuts down as cancelled. Returns the
+    /// savepoint's folder. If the savepoint fails it is aborted and the job
+    /// is not cancelled.
+    pub fn stop_with_savepoint(
+        mut self,
+        savepoint_dir: &Path,
+        take: impl FnOnce(&PendingCheckpoint) -> Result<Vec<OperatorState>>,
+    ) -> Result<PathBuf> {
+        let pending = self.begin_savepoint(savepoint_dir)?;
+        let operators = match take(&pending) {
+            Ok(o) => o,
+            Err(e) => {
+                self.abort(pending.id)?;
+                return Err(e);
+            }
+        };
+        let path = self.complete_savepoint(pending.id, operators)?;
+        self.shutdown(JobStatus::Cancelled)?;
+        Ok(path)
+    }
+
     /// Ends the coordinator. `Failed` keeps everything; `Cancelled` applies
     /// the cancellation policy; `Finished` deletes like a cancellation with
     /// [`CancellationPolicy::DeleteOnCancellation`] unless checkpoints are
