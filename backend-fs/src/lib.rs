@@ -46,41 +46,25 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use backend_memory::heap::{HeapOptions, IncrementalOptions};
 use backend_memory::HeapKeyedStateBackend;
 use state_api::backend::KeyedBackendParams;
-use state_api::checkpoint::stream::{
-    check_inline_threshold, FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD,
-};
 use state_api::checkpoint::{
-    CheckpointConfig, CheckpointCoordinator, JobLayout, LocalStorage, Storage,
+    CheckpointConfig, CheckpointCoordinator, CheckpointStorage, JobLayout, Storage,
 };
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;
-use state_api::{Error, Result, StateBackend};
+use state_api::{Result, StateBackend};
 
 /// Configuration of the file-checkpointing heap backend for one job.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct FsStateBackend {
-    storage: Arc<dyn Storage>,
-    checkpoint_dir: PathBuf,
-    layout: JobLayout,
-    inline_threshold: usize,
+    storage: CheckpointStorage,
     incremental: Option<IncrementalOptions>,
-}
-
-impl std::fmt::Debug for FsStateBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsStateBackend")
-            .field("job_dir", &self.layout.job_dir())
-            .field("inline_threshold", &self.inline_threshold)
-            .field("incremental", &self.incremental)
-            .finish()
-    }
 }
 
 impl FsStateBackend {
@@ -88,10 +72,7 @@ impl FsStateBackend {
     /// snapshots, 20 KiB inline threshold, the local file system.
     pub fn new(checkpoint_dir: &Path, job_id: &str) -> Result<Self> {
         Ok(FsStateBackend {
-            storage: Arc::new(LocalStorage),
-            checkpoint_dir: checkpoint_dir.to_path_buf(),
-            layout: JobLayout::new(checkpoint_dir, job_id)?,
-            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            storage: CheckpointStorage::new(checkpoint_dir, job_id)?,
             incremental: None,
         })
     }
@@ -110,25 +91,24 @@ impl FsStateBackend {
 
     /// Streams up to `bytes` (at most 1 MiB) are inlined into the metadata.
     pub fn with_inline_threshold(mut self, bytes: usize) -> Result<Self> {
-        check_inline_threshold(bytes)?;
-        self.inline_threshold = bytes;
+        self.storage = self.storage.with_inline_threshold(bytes)?;
         Ok(self)
     }
 
     /// Uses `storage` for every file operation (for fault injection in tests).
     pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.storage = storage;
+        self.storage = self.storage.with_storage(storage);
         self
+    }
+
+    /// Where the job's checkpoints go.
+    pub fn checkpoint_storage(&self) -> &CheckpointStorage {
+        &self.storage
     }
 
     /// The job's checkpoint layout.
     pub fn layout(&self) -> &JobLayout {
-        &self.layout
-    }
-
-    /// The storage in use.
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
+        self.storage.layout()
     }
 
     /// Whether incremental checkpoints are on.
@@ -138,14 +118,8 @@ impl FsStateBackend {
 
     /// The checkpoint coordinator of this job, with this backend's storage
     /// and inline threshold.
-    pub fn coordinator(&self, mut config: CheckpointConfig) -> Result<CheckpointCoordinator> {
-        config.inline_threshold = self.inline_threshold;
-        CheckpointCoordinator::open(
-            self.storage.clone(),
-            &self.checkpoint_dir,
-            self.layout.job_id(),
-            config,
-        )
+    pub fn coordinator(&self, config: CheckpointConfig) -> Result<CheckpointCoordinator> {
+        self.storage.coordinator(config)
     }
 }
 
@@ -174,19 +148,6 @@ impl StateBackend for FsStateBackend {
     /// Streams of checkpoint `checkpoint_id` without a coordinator: exclusive
     /// files in `chk-<id>/`, shared ones in `shared/` (both created here).
     fn stream_factory(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointStreamFactory>> {
-        let exclusive = self.layout.checkpoint_dir(checkpoint_id);
-        let shared = self.layout.shared_dir();
-        for dir in [&exclusive, &shared] {
-            self.storage
-                .create_dir_all(dir)
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        }
-        Ok(Arc::new(FsCheckpointStreamFactory::new(
-            self.storage.clone(),
-            exclusive,
-            shared,
-            self.inline_threshold,
-            format!("checkpoint {checkpoint_id}"),
-        )?))
+        self.storage.stream_factory(checkpoint_id)
     }
 }

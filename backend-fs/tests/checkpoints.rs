@@ -2,14 +2,14 @@
 //! delta writes, failed checkpoints, savepoints across backends, and damaged
 //! files.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use backend_fs::FsStateBackend;
 use backend_memory::heap::IncrementalOptions;
 use backend_memory::MemoryStateBackend;
-use common::{checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR};
+use conformance_tests::rounds::{
+    checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
+};
 use state_api::checkpoint::{
     dispose_savepoint, load_metadata, CancellationPolicy, CheckpointConfig, JobStatus, LocalStorage,
 };
@@ -251,7 +251,7 @@ fn restore_everything(
     backend: &FsStateBackend,
     meta_path: &Path,
     keys: u64,
-) -> Result<common::Model> {
+) -> Result<conformance_tests::rounds::Model> {
     let meta = load_metadata(&LocalStorage, meta_path)?;
     let mut job = open(backend, 2, meta.operator(OPERATOR))?;
     read(&mut job, keys)

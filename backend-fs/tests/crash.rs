@@ -7,15 +7,13 @@
 //! * in process, a storage that fails every operation after N operations and
 //!   then loses what was not durable, for every N of a checkpoint.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backend_fs::FsStateBackend;
-use common::{checkpoint, model_after, open, read, write_round, OPERATOR};
+use conformance_tests::rounds::{checkpoint, model_after, open, read, write_round, OPERATOR};
 use state_api::checkpoint::{CheckpointConfig, FaultyStorage, LocalStorage};
 use state_api::{Error, Result};
 

@@ -2,13 +2,13 @@
 //! property test of retention: a file a retained checkpoint references is
 //! never deleted, and nothing is left behind once nothing references it.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use backend_fs::FsStateBackend;
-use common::{checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR};
+use conformance_tests::rounds::{
+    checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
+};
 use proptest::prelude::*;
 use state_api::checkpoint::{
     CheckpointConfig, CheckpointCoordinator, LocalStorage, OperatorState, SubtaskState,

@@ -88,8 +88,10 @@ type Expected = (
 );
 
 fn expected(i: u32) -> Expected {
-    let value = (i % 2 == 0).then(|| i64::from(i * i) - 50);
-    let list = (i % 3 == 0).then(|| vec![format!("a{i}"), format!("b{i}").repeat(40)]);
+    let value = i.is_multiple_of(2).then(|| i64::from(i * i) - 50);
+    let list = i
+        .is_multiple_of(3)
+        .then(|| vec![format!("a{i}"), format!("b{i}").repeat(40)]);
     let mut maps = BTreeMap::new();
     if i % 2 == 1 {
         maps.insert(

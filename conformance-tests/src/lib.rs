@@ -15,6 +15,7 @@ pub mod cases;
 pub mod harness;
 pub mod job;
 pub mod model;
+pub mod rounds;
 
 pub use state_api::StateBackend;
 

@@ -1,13 +1,11 @@
-//! A small job used by the file backend's tests: `p` subtasks, each with
-//! keyed state (value, list and map) and operator list state, written in
-//! deterministic rounds, checkpointed through the coordinator, and compared
-//! with a model of what round `r` leaves behind.
-
-#![allow(dead_code)]
+//! A small job for checkpoint and savepoint tests of any backend: `p`
+//! subtasks, each with keyed state (value, list and map) and operator list
+//! state, written in deterministic rounds, checkpointed through the
+//! coordinator, and compared with a model of what round `r` leaves behind.
 
 use std::collections::BTreeMap;
 
-use conformance_tests::harness::{keyed, owner};
+use crate::harness::{keyed, owner};
 use state_api::backend::operator::OperatorListState;
 use state_api::checkpoint::{
     CheckpointCoordinator, CompletedCheckpoint, OperatorState, PendingCheckpoint, SubtaskState,
@@ -20,23 +18,35 @@ use state_api::{
     DefaultOperatorStateBackend, KeyedStateBackend, OperatorStateBackend, Result, StateBackend,
 };
 
+/// Max parallelism of the job.
 pub const MAX_P: u32 = 128;
+/// The job's operator id in checkpoint metadata.
 pub const OPERATOR: &str = "counter";
 
+/// One subtask: its backends and states.
 pub struct Subtask<B> {
+    /// Keyed backend.
     pub keyed: B,
+    /// Operator backend.
     pub operator: DefaultOperatorStateBackend,
+    /// Value state.
     pub value: ValueState<i64>,
+    /// List state.
     pub list: ListState<String>,
+    /// Map state.
     pub map: MapState<u32, String>,
+    /// Operator list state: the rounds written.
     pub rounds: OperatorListState<u64>,
 }
 
 /// What the job's state holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
+    /// Value state.
     pub values: BTreeMap<u64, i64>,
+    /// List state.
     pub lists: BTreeMap<u64, Vec<String>>,
+    /// Map state.
     pub maps: BTreeMap<u64, BTreeMap<u32, String>>,
     /// Sum of the operator list state over all subtasks.
     pub rounds: u64,
@@ -45,7 +55,7 @@ pub struct Model {
 /// Applies round `r` (1-based) to the model.
 pub fn apply_round(m: &mut Model, r: u64, keys: u64) {
     for k in 0..keys {
-        if (k + r) % 7 == 0 {
+        if (k + r).is_multiple_of(7) {
             m.values.remove(&k);
         } else {
             m.values.insert(k, (r * 1000 + k) as i64);
@@ -53,7 +63,7 @@ pub fn apply_round(m: &mut Model, r: u64, keys: u64) {
         if k % 3 == r % 3 {
             m.lists.entry(k).or_default().push(format!("r{r}"));
         }
-        if k % 5 == 0 {
+        if k.is_multiple_of(5) {
             m.maps
                 .entry(k)
                 .or_default()
@@ -72,6 +82,7 @@ pub fn model_after(r: u64, keys: u64) -> Model {
     m
 }
 
+/// Opens `parallelism` subtasks, restored from `restore` when given.
 pub fn open<S: StateBackend>(
     backend: &S,
     parallelism: u32,
@@ -129,7 +140,7 @@ pub fn write_round<B: KeyedStateBackend<Key = u64>>(
     for k in 0..keys {
         let s = &mut subtasks[owner(&k, MAX_P, p)? as usize];
         s.keyed.set_current_key(k)?;
-        if (k + r) % 7 == 0 {
+        if (k + r).is_multiple_of(7) {
             s.value.on(&mut s.keyed).clear()?;
         } else {
             s.value
@@ -139,7 +150,7 @@ pub fn write_round<B: KeyedStateBackend<Key = u64>>(
         if k % 3 == r % 3 {
             s.list.on(&mut s.keyed).add(format!("r{r}"))?;
         }
-        if k % 5 == 0 {
+        if k.is_multiple_of(5) {
             s.map
                 .on(&mut s.keyed)
                 .put((r % 4) as u32, format!("{r}-{k}"))?;

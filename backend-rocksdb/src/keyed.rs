@@ -1,0 +1,1277 @@
+//! The RocksDB keyed backend: one column family per state, keys laid out by
+//! [`crate::keys`], values as the state's codec writes them, lists appended
+//! through a merge operator.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MergeOperands,
+    MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
+use state_api::backend::KeyedBackendParams;
+use state_api::codec::{Codec, CodecError, CodecSchema, Compatibility, SharedCodec};
+use state_api::format::bytes::{put_bytes, ByteReader};
+use state_api::format::frame::MAX_FRAME_PAYLOAD;
+use state_api::format::keyed::{
+    KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, RecordBody,
+};
+use state_api::key_group::{key_group_for_hash, key_hash};
+use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
+use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
+use state_api::snapshot::SnapshotOptions;
+use state_api::state::handle::{
+    next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
+};
+use state_api::state::{Namespace, StateKey, StateMeta, StateValue, StorageShape};
+use state_api::{Error, KeyGroupRange, Result};
+
+use crate::keys::{self, decode, put_entry_key, put_prefix};
+
+pub(crate) type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
+
+/// Name of the merge operator that appends list elements.
+const LIST_MERGE_OPERATOR: &str = "flowstate-list-append";
+
+/// Tuning of the RocksDB instances.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Block cache shared by the column families of one instance, in bytes.
+    pub block_cache_bytes: usize,
+    /// Bloom filter bits per key (0 turns the filter off).
+    pub bloom_bits_per_key: f64,
+    /// Memtable size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Largest value (or merged list) a state may hold; larger writes are
+    /// refused when they are made. At most the canonical format's record limit.
+    pub max_value_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions {
+            block_cache_bytes: 64 << 20,
+            bloom_bits_per_key: 10.0,
+            write_buffer_bytes: 64 << 20,
+            max_value_bytes: MAX_FRAME_PAYLOAD - 4096,
+        }
+    }
+}
+
+/// A RocksDB instance and its working folder, removed when the last user
+/// (the backend or a running snapshot) drops it.
+pub(crate) struct DbInstance {
+    pub(crate) db: Db,
+    pub(crate) name: String,
+    _folder: FolderGuard,
+}
+
+struct FolderGuard(PathBuf);
+
+impl Drop for FolderGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Snap<'a> = rocksdb::SnapshotWithThreadMode<'a, Db>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot that owns a reference to its database, so that the
+    /// asynchronous part of a snapshot can run on another thread.
+    pub(crate) struct DbSnapshot {
+        owner: Arc<DbInstance>,
+        #[covariant]
+        dependent: Snap,
+    }
+);
+
+fn rocks_err(db: &str, what: &str) -> impl FnOnce(rocksdb::Error) -> Error {
+    let context = format!("RocksDB {db}: {what}");
+    move |e| Error::Io {
+        context,
+        source: std::io::Error::other(e.into_string()),
+    }
+}
+
+fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let extra: usize = operands.iter().map(<[u8]>::len).sum();
+    let mut out = Vec::with_capacity(existing.map_or(0, <[u8]>::len) + extra);
+    if let Some(e) = existing {
+        out.extend_from_slice(e);
+    }
+    for op in operands.iter() {
+        out.extend_from_slice(op);
+    }
+    Some(out)
+}
+
+pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Options {
+    let mut o = Options::default();
+    o.set_merge_operator_associative(LIST_MERGE_OPERATOR, list_append);
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_write_buffer_size(options.write_buffer_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if options.bloom_bits_per_key > 0.0 {
+        table.set_bloom_filter(options.bloom_bits_per_key, false);
+    }
+    o.set_block_based_table_factory(&table);
+    o
+}
+
+/// Opens a fresh instance in `folder` (which must not exist).
+pub(crate) fn open_instance(
+    folder: &Path,
+    options: &RocksOptions,
+) -> Result<(Arc<DbInstance>, Cache)> {
+    std::fs::create_dir_all(folder)
+        .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
+    let name = folder.display().to_string();
+    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let mut db_opts = column_family_options(options, &cache);
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    let db = Db::open_cf_descriptors(&db_opts, folder, Vec::<ColumnFamilyDescriptor>::new())
+        .map_err(rocks_err(&name, "open"))?;
+    Ok((
+        Arc::new(DbInstance {
+            db,
+            name,
+            _folder: FolderGuard(folder.to_path_buf()),
+        }),
+        cache,
+    ))
+}
+
+/// Value codecs of a registered state, by shape (the namespace type is part
+/// of the type, so a handle of other types is refused).
+struct CellCodecs<N, V> {
+    value: SharedCodec<V>,
+    _namespace: PhantomData<fn() -> N>,
+}
+struct ListCodecs<N, T> {
+    element: SharedCodec<T>,
+    _namespace: PhantomData<fn() -> N>,
+}
+struct MapCodecs<N, UK, UV> {
+    user_key: SharedCodec<UK>,
+    user_value: SharedCodec<UV>,
+    _namespace: PhantomData<fn() -> N>,
+}
+
+struct Registered {
+    meta: StateMeta,
+    codecs: Box<dyn Any + Send + Sync>,
+    /// The namespace codec, a `SharedCodec<N>`, for key listing.
+    namespace: Box<dyn Any + Send + Sync>,
+}
+
+/// Keyed state of one subtask, in an embedded RocksDB instance.
+pub struct RocksKeyedStateBackend<K: StateKey> {
+    id: u64,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    prefix_len: usize,
+    key_codec: SharedCodec<K>,
+    inst: Arc<DbInstance>,
+    cache: Cache,
+    options: RocksOptions,
+    write_options: WriteOptions,
+    current: Option<K>,
+    current_group: u32,
+    /// Key-group prefix, key length and key bytes of the current key.
+    key_prefix: Vec<u8>,
+    scratch: Vec<u8>,
+    value_buf: Vec<u8>,
+    states: Vec<Registered>,
+    /// Restored states not registered yet (their data is already in RocksDB).
+    pending: Vec<StateMeta>,
+    running: CancellationRegistry,
+    closed: bool,
+}
+
+fn codec_error(state: &str, role: &'static str, e: CodecError) -> Error {
+    Error::Codec {
+        state: state.to_string(),
+        role,
+        message: e.0,
+    }
+}
+
+/// Iterates the elements of a stored list value.
+fn list_elements<'a>(value: &'a [u8], db: &'a str) -> impl Iterator<Item = Result<&'a [u8]>> + 'a {
+    let mut r = ByteReader::new(value, db, 0);
+    std::iter::from_fn(move || (!r.is_empty()).then(|| r.bytes()))
+}
+
+impl<K: StateKey> RocksKeyedStateBackend<K> {
+    /// Creates a backend with a fresh RocksDB instance in `folder`, restoring
+    /// the key groups it owns from `restore`.
+    pub fn open(
+        folder: &Path,
+        params: KeyedBackendParams<K>,
+        restore: &[KeyedStateHandle],
+        options: RocksOptions,
+    ) -> Result<Self> {
+        params
+            .key_group_range
+            .check_within(params.max_parallelism)?;
+        if options.max_value_bytes > MAX_FRAME_PAYLOAD - 4096 {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "max_value_bytes {} exceeds the snapshot format's limit",
+                    options.max_value_bytes
+                ),
+            });
+        }
+        let (inst, cache) = open_instance(folder, &options)?;
+        let mut write_options = WriteOptions::default();
+        // Durability comes from checkpoints, not from RocksDB's log.
+        write_options.disable_wal(true);
+        let mut backend = RocksKeyedStateBackend {
+            id: next_backend_instance_id(),
+            max_parallelism: params.max_parallelism,
+            range: params.key_group_range,
+            prefix_len: keys::prefix_len(params.max_parallelism),
+            key_codec: params.key_codec.clone(),
+            inst,
+            cache,
+            options,
+            write_options,
+            current: None,
+            current_group: 0,
+            key_prefix: Vec::with_capacity(64),
+            scratch: Vec::with_capacity(128),
+            value_buf: Vec::with_capacity(128),
+            states: Vec::new(),
+            pending: Vec::new(),
+            running: CancellationRegistry::default(),
+            closed: false,
+        };
+        if !restore.is_empty() {
+            backend.restore(restore, &params)?;
+        }
+        Ok(backend)
+    }
+
+    fn db_name(&self) -> &str {
+        &self.inst.name
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn create_cf(&self, name: &str) -> Result<()> {
+        if self.inst.db.cf_handle(name).is_none() {
+            let opts = column_family_options(&self.options, &self.cache);
+            self.inst.db.create_cf(name, &opts).map_err(rocks_err(
+                &self.inst.name,
+                &format!("creating column family '{name}'"),
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        self.inst
+            .db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Corrupted {
+                file: self.inst.name.clone(),
+                offset: 0,
+                reason: format!("column family '{name}' is missing"),
+            })
+    }
+
+    /// Reads restored handles into RocksDB: every record of the key groups
+    /// this backend owns, applied in order (puts and deletes of chains).
+    fn restore(
+        &mut self,
+        handles: &[KeyedStateHandle],
+        params: &KeyedBackendParams<K>,
+    ) -> Result<()> {
+        let mut metas: Vec<StateMeta> = Vec::new();
+        let mut batch = WriteBatch::default();
+        for piece in handles.iter().flat_map(|h| h.pieces()) {
+            let reader = KeyedSnapshotReader::open(piece)?;
+            let file = reader.file_name().to_string();
+            let meta = reader.meta().clone();
+            if meta.max_parallelism != params.max_parallelism {
+                return Err(Error::MaxParallelismMismatch {
+                    file,
+                    snapshot: meta.max_parallelism,
+                    backend: params.max_parallelism,
+                });
+            }
+            if params.key_codec.compatibility(&meta.key_codec) != Compatibility::AsIs {
+                return Err(Error::IncompatibleCodec {
+                    state: "<key>".into(),
+                    role: "key",
+                    written: meta.key_codec.clone(),
+                    current: params.key_codec.schema(),
+                });
+            }
+            for s in &meta.states {
+                match metas.iter().find(|m| m.name == s.name) {
+                    None => {
+                        self.create_cf(&s.name)?;
+                        metas.push(s.clone());
+                    }
+                    Some(m) if m == s => {}
+                    Some(m) => {
+                        return Err(Error::StateKindMismatch {
+                            name: s.name.clone(),
+                            registered: format!("{} {:?} in another handle", m.kind, m.values),
+                            requested: format!("{} {:?} in {file}", s.kind, s.values),
+                        })
+                    }
+                }
+            }
+            let cfs = meta
+                .states
+                .iter()
+                .map(|s| self.cf(&s.name))
+                .collect::<Result<Vec<_>>>()?;
+            for kg in piece.range.intersection(&self.range).iter() {
+                let mut entry = Vec::new();
+                reader.for_each_record(kg, |r| {
+                    let actual = key_group_for_hash(key_hash(r.key), self.max_parallelism);
+                    if actual != kg {
+                        return Err(Error::Corrupted {
+                            file: file.clone(),
+                            offset: 0,
+                            reason: format!(
+                                "a key of key group {actual} is stored under key group {kg}"
+                            ),
+                        });
+                    }
+                    let cf = &cfs[r.state as usize];
+                    entry.clear();
+                    put_entry_key(&mut entry, kg, self.prefix_len, r.key, r.namespace);
+                    match &r.body {
+                        RecordBody::Cell(v) => batch.put_cf(cf, &entry, v),
+                        RecordBody::List(elements) => {
+                            let mut value =
+                                Vec::with_capacity(elements.iter().map(|e| e.len() + 2).sum());
+                            for e in elements {
+                                put_bytes(&mut value, e);
+                            }
+                            batch.put_cf(cf, &entry, value)
+                        }
+                        RecordBody::MapEntry { key, value } => {
+                            let mut full = entry.clone();
+                            full.extend_from_slice(key);
+                            batch.put_cf(cf, full, value)
+                        }
+                        RecordBody::Delete => {
+                            if meta.states[r.state as usize].kind.shape() == StorageShape::Map {
+                                if let Some(end) = keys::successor(&entry) {
+                                    batch.delete_range_cf(cf, &entry, &end);
+                                }
+                            } else {
+                                batch.delete_cf(cf, &entry);
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                if batch.size_in_bytes() > 4 << 20 {
+                    self.inst
+                        .db
+                        .write_opt(std::mem::take(&mut batch), &self.write_options)
+                        .map_err(rocks_err(&self.inst.name, "restoring"))?;
+                }
+            }
+            drop(cfs);
+            self.inst
+                .db
+                .write_opt(std::mem::take(&mut batch), &self.write_options)
+                .map_err(rocks_err(&self.inst.name, "restoring"))?;
+        }
+        self.pending = metas;
+        Ok(())
+    }
+
+    /// Registers a state: the existing one after checking it matches, a
+    /// restored one after checking (and if needed migrating) its codecs, or a
+    /// new column family.
+    fn register<C: Any + Send + Sync, N: Namespace>(
+        &mut self,
+        meta: StateMeta,
+        compat: &[Compatibility],
+        codecs: C,
+        namespace: SharedCodec<N>,
+        migrate: impl Fn(&StateMeta, &[u8]) -> Result<Vec<u8>>,
+    ) -> Result<HandleCore> {
+        self.check_open()?;
+        if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
+            let existing = &self.states[i];
+            check_same(&existing.meta, &meta)?;
+            if !existing.codecs.is::<C>() {
+                return Err(Error::StateKindMismatch {
+                    name: meta.name.clone(),
+                    registered: format!("{} of other types", existing.meta.kind),
+                    requested: format!("{} of {}", meta.kind, std::any::type_name::<C>()),
+                });
+            }
+            return Ok(HandleCore::new(self.id, i as u32, &meta.name));
+        }
+        if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
+            let written = self.pending[p].clone();
+            if written.kind != meta.kind {
+                return Err(Error::StateKindMismatch {
+                    name: meta.name.clone(),
+                    registered: written.kind.to_string(),
+                    requested: meta.kind.to_string(),
+                });
+            }
+            if written.namespace != meta.namespace {
+                return Err(Error::IncompatibleCodec {
+                    state: meta.name.clone(),
+                    role: "namespace",
+                    written: written.namespace.clone(),
+                    current: meta.namespace.clone(),
+                });
+            }
+            for (i, c) in compat.iter().enumerate() {
+                if *c == Compatibility::Incompatible {
+                    return Err(Error::IncompatibleCodec {
+                        state: meta.name.clone(),
+                        role: meta.value_roles()[i],
+                        written: written.values[i].clone(),
+                        current: meta.values[i].clone(),
+                    });
+                }
+            }
+            if compat.contains(&Compatibility::AfterMigration) {
+                self.rewrite_values(&meta.name, |v| migrate(&written, v))?;
+            }
+            self.pending.remove(p);
+        } else {
+            self.create_cf(&meta.name)?;
+        }
+        let i = self.states.len();
+        self.states.push(Registered {
+            meta: meta.clone(),
+            codecs: Box::new(codecs),
+            namespace: Box::new(namespace),
+        });
+        Ok(HandleCore::new(self.id, i as u32, &meta.name))
+    }
+
+    /// Rewrites every value of a column family (schema migration).
+    fn rewrite_values(
+        &self,
+        cf_name: &str,
+        convert: impl Fn(&[u8]) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
+        let mut batch = WriteBatch::default();
+        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            batch.put_cf(&cf, k, convert(v)?);
+            it.next();
+        }
+        it.status()
+            .map_err(rocks_err(self.db_name(), "migrating"))?;
+        drop(it);
+        self.inst
+            .db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks_err(self.db_name(), "migrating"))
+    }
+
+    /// The registered state of a handle, its codecs, and the entry key of
+    /// (current key, `namespace`) in `self.scratch`.
+    fn locate<C: Any, N: Namespace>(&mut self, core: &HandleCore, namespace: &N) -> Result<usize> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        if core.backend() != self.id {
+            return Err(Error::ForeignHandle {
+                name: core.name().to_string(),
+            });
+        }
+        if self.current.is_none() {
+            return Err(Error::NoCurrentKey);
+        }
+        let state = self
+            .states
+            .get(core.index())
+            .ok_or_else(|| Error::ForeignHandle {
+                name: core.name().to_string(),
+            })?;
+        let (true, Some(ns_codec)) = (
+            state.codecs.is::<C>(),
+            state.namespace.downcast_ref::<SharedCodec<N>>(),
+        ) else {
+            return Err(Error::ForeignHandle {
+                name: core.name().to_string(),
+            });
+        };
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.key_prefix);
+        let len_at = self.scratch.len();
+        ns_codec
+            .encode(namespace, &mut self.scratch)
+            .map_err(|e| codec_error(core.name(), "namespace", e))?;
+        // Insert the namespace length before its bytes.
+        let ns_len = self.scratch.len() - len_at;
+        let mut len = Vec::with_capacity(2);
+        state_api::format::bytes::put_varint(&mut len, ns_len as u64);
+        self.scratch.splice(len_at..len_at, len);
+        Ok(core.index())
+    }
+
+    fn codecs<C: Any>(&self, index: usize) -> &C {
+        self.states[index]
+            .codecs
+            .downcast_ref::<C>()
+            .expect("locate checked the codecs' type")
+    }
+
+    fn get_raw(&self, index: usize, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+        let cf = self.cf(&self.states[index].meta.name)?;
+        self.inst
+            .db
+            .get_pinned_cf(&cf, key)
+            .map_err(rocks_err(self.db_name(), "get"))
+    }
+
+    fn check_size(&self, index: usize, size: usize) -> Result<()> {
+        if size > self.options.max_value_bytes {
+            return Err(Error::SizeLimitExceeded {
+                what: format!("a value of state '{}'", self.states[index].meta.name),
+                size: size as u64,
+                limit: self.options.max_value_bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn put_raw(&self, index: usize, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_size(index, value.len())?;
+        let cf = self.cf(&self.states[index].meta.name)?;
+        self.inst
+            .db
+            .put_cf_opt(&cf, key, value, &self.write_options)
+            .map_err(rocks_err(self.db_name(), "put"))
+    }
+
+    fn delete_raw(&self, index: usize, key: &[u8]) -> Result<()> {
+        let cf = self.cf(&self.states[index].meta.name)?;
+        self.inst
+            .db
+            .delete_cf_opt(&cf, key, &self.write_options)
+            .map_err(rocks_err(self.db_name(), "delete"))
+    }
+
+    fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
+        let cf = self.cf(&self.states[index].meta.name)?;
+        match keys::successor(prefix) {
+            Some(end) => self
+                .inst
+                .db
+                .delete_range_cf_opt(&cf, prefix, &end, &self.write_options)
+                .map_err(rocks_err(self.db_name(), "delete range")),
+            None => Ok(()),
+        }
+    }
+
+    /// Every (key, namespace) entry of a state, decoded with `f`.
+    fn scan_entries(
+        &self,
+        index: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let cf = self.cf(&self.states[index].meta.name)?;
+        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        let mut last: Vec<u8> = Vec::new();
+        while let Some(k) = it.key() {
+            let d = decode(k, self.prefix_len, self.db_name())?;
+            let entry = &k[..d.entry_len];
+            if entry != last.as_slice() {
+                f(d.key, d.namespace)?;
+                last.clear();
+                last.extend_from_slice(entry);
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err(self.db_name(), "scan"))
+    }
+
+    fn metas(&self) -> Vec<StateMeta> {
+        self.states
+            .iter()
+            .map(|s| s.meta.clone())
+            .chain(self.pending.iter().cloned())
+            .collect()
+    }
+}
+
+fn check_same(existing: &StateMeta, requested: &StateMeta) -> Result<()> {
+    if existing.kind != requested.kind {
+        return Err(Error::StateKindMismatch {
+            name: requested.name.clone(),
+            registered: existing.kind.to_string(),
+            requested: requested.kind.to_string(),
+        });
+    }
+    if existing.namespace != requested.namespace {
+        return Err(Error::IncompatibleCodec {
+            state: requested.name.clone(),
+            role: "namespace",
+            written: existing.namespace.clone(),
+            current: requested.namespace.clone(),
+        });
+    }
+    for (i, (a, b)) in existing.values.iter().zip(&requested.values).enumerate() {
+        if a != b {
+            return Err(Error::IncompatibleCodec {
+                state: requested.name.clone(),
+                role: requested.value_roles()[i],
+                written: a.clone(),
+                current: b.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn compat_with<T: 'static>(codec: &SharedCodec<T>, written: Option<&CodecSchema>) -> Compatibility {
+    written.map_or(Compatibility::AsIs, |w| codec.compatibility(w))
+}
+
+fn convert<T: 'static>(
+    codec: &dyn Codec<T>,
+    written: &CodecSchema,
+    bytes: &[u8],
+    state: &str,
+    role: &'static str,
+) -> Result<Vec<u8>> {
+    let value = codec
+        .decode_written(written, bytes)
+        .map_err(|e| codec_error(state, role, e))?;
+    let mut out = Vec::new();
+    codec
+        .encode(&value, &mut out)
+        .map_err(|e| codec_error(state, role, e))?;
+    Ok(out)
+}
+
+impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
+    type Key = K;
+
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn set_current_key(&mut self, key: K) -> Result<()> {
+        self.check_open()?;
+        self.scratch.clear();
+        self.key_codec
+            .encode(&key, &mut self.scratch)
+            .map_err(|e| codec_error("<key>", "key", e))?;
+        let group = key_group_for_hash(key_hash(&self.scratch), self.max_parallelism);
+        if !self.range.contains(group) {
+            return Err(Error::KeyGroupOutOfRange {
+                key_group: group,
+                range: self.range,
+            });
+        }
+        self.key_prefix.clear();
+        put_prefix(&mut self.key_prefix, group, self.prefix_len);
+        put_bytes(&mut self.key_prefix, &self.scratch);
+        self.current = Some(key);
+        self.current_group = group;
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&K> {
+        self.current.as_ref()
+    }
+
+    fn current_key_group(&self) -> Option<u32> {
+        self.current.as_ref().map(|_| self.current_group)
+    }
+
+    fn register_cell<N: Namespace, V: StateValue>(
+        &mut self,
+        spec: CellSpec<N, V>,
+    ) -> Result<CellHandle<N, V>> {
+        let written = self
+            .pending
+            .iter()
+            .find(|m| m.name == spec.meta.name)
+            .and_then(|m| m.values.first().cloned());
+        let compat = compat_with(&spec.value_codec, written.as_ref());
+        let value = spec.value_codec.clone();
+        let name = spec.meta.name.clone();
+        let core = self.register(
+            spec.meta,
+            &[compat],
+            CellCodecs::<N, V> {
+                value: spec.value_codec,
+                _namespace: PhantomData,
+            },
+            spec.namespace_codec,
+            |w, bytes| convert(&*value, &w.values[0], bytes, &name, "value"),
+        )?;
+        Ok(CellHandle::new(core))
+    }
+
+    fn register_list<N: Namespace, T: StateValue>(
+        &mut self,
+        spec: ListSpec<N, T>,
+    ) -> Result<ListHandle<N, T>> {
+        let written = self
+            .pending
+            .iter()
+            .find(|m| m.name == spec.meta.name)
+            .and_then(|m| m.values.first().cloned());
+        let compat = compat_with(&spec.element_codec, written.as_ref());
+        let element = spec.element_codec.clone();
+        let name = spec.meta.name.clone();
+        let db = self.inst.name.clone();
+        let core = self.register(
+            spec.meta,
+            &[compat],
+            ListCodecs::<N, T> {
+                element: spec.element_codec,
+                _namespace: PhantomData,
+            },
+            spec.namespace_codec,
+            |w, bytes| {
+                let mut out = Vec::new();
+                for e in list_elements(bytes, &db) {
+                    put_bytes(
+                        &mut out,
+                        &convert(&*element, &w.values[0], e?, &name, "element")?,
+                    );
+                }
+                Ok(out)
+            },
+        )?;
+        Ok(ListHandle::new(core))
+    }
+
+    fn register_map<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        spec: MapSpec<N, UK, UV>,
+    ) -> Result<MapHandle<N, UK, UV>> {
+        let pending = self
+            .pending
+            .iter()
+            .find(|m| m.name == spec.meta.name)
+            .cloned();
+        let key_compat = match compat_with(
+            &spec.user_key_codec,
+            pending.as_ref().and_then(|m| m.values.first()),
+        ) {
+            Compatibility::AsIs => Compatibility::AsIs,
+            _ => Compatibility::Incompatible,
+        };
+        let value_compat = compat_with(
+            &spec.user_value_codec,
+            pending.as_ref().and_then(|m| m.values.get(1)),
+        );
+        let uv = spec.user_value_codec.clone();
+        let name = spec.meta.name.clone();
+        let core = self.register(
+            spec.meta,
+            &[key_compat, value_compat],
+            MapCodecs::<N, UK, UV> {
+                user_key: spec.user_key_codec,
+                user_value: spec.user_value_codec,
+                _namespace: PhantomData,
+            },
+            spec.namespace_codec,
+            |w, bytes| convert(&*uv, &w.values[1], bytes, &name, "user value"),
+        )?;
+        Ok(MapHandle::new(core))
+    }
+
+    fn state_metas(&self) -> Vec<StateMeta> {
+        self.metas()
+    }
+
+    fn cell_get<N: Namespace, V: StateValue, R>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        read: impl FnOnce(Option<&V>) -> R,
+    ) -> Result<R> {
+        let i = self.locate::<CellCodecs<N, V>, N>(state.core(), namespace)?;
+        let raw = self.get_raw(i, &self.scratch)?;
+        let value = match raw {
+            Some(bytes) => Some(
+                self.codecs::<CellCodecs<N, V>>(i)
+                    .value
+                    .decode(&bytes)
+                    .map_err(|e| codec_error(state.core().name(), "value", e))?,
+            ),
+            None => None,
+        };
+        Ok(read(value.as_ref()))
+    }
+
+    fn cell_put<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        value: V,
+    ) -> Result<()> {
+        let i = self.locate::<CellCodecs<N, V>, N>(state.core(), namespace)?;
+        let mut buf = std::mem::take(&mut self.value_buf);
+        buf.clear();
+        let r = self
+            .codecs::<CellCodecs<N, V>>(i)
+            .value
+            .encode(&value, &mut buf)
+            .map_err(|e| codec_error(state.core().name(), "value", e))
+            .and_then(|()| self.put_raw(i, &self.scratch, &buf));
+        self.value_buf = buf;
+        r
+    }
+
+    fn cell_take<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+    ) -> Result<Option<V>> {
+        let old = self.cell_get(state, namespace, |v| v.cloned())?;
+        if old.is_some() {
+            self.delete_raw(state.core().index(), &self.scratch)?;
+        }
+        Ok(old)
+    }
+
+    fn cell_upsert<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        update: impl FnOnce(Option<&mut V>) -> Option<V>,
+    ) -> Result<()> {
+        let current = self.cell_get(state, namespace, |v| v.cloned())?;
+        let next = match current {
+            Some(mut v) => {
+                update(Some(&mut v));
+                Some(v)
+            }
+            None => update(None),
+        };
+        match next {
+            Some(v) => self.cell_put(state, namespace, v),
+            None => Ok(()),
+        }
+    }
+
+    fn list_get<N: Namespace, T: StateValue, R>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        read: impl FnOnce(&[T]) -> R,
+    ) -> Result<R> {
+        let i = self.locate::<ListCodecs<N, T>, N>(state.core(), namespace)?;
+        let raw = self.get_raw(i, &self.scratch)?;
+        let mut out = Vec::new();
+        if let Some(bytes) = raw {
+            let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
+            for e in list_elements(&bytes, self.db_name()) {
+                out.push(
+                    codec
+                        .decode(e?)
+                        .map_err(|e| codec_error(state.core().name(), "element", e))?,
+                );
+            }
+        }
+        Ok(read(&out))
+    }
+
+    fn list_append<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        elements: Vec<T>,
+    ) -> Result<()> {
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let i = self.locate::<ListCodecs<N, T>, N>(state.core(), namespace)?;
+        let mut operand = Vec::new();
+        let mut item = Vec::new();
+        {
+            let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
+            for e in &elements {
+                item.clear();
+                codec
+                    .encode(e, &mut item)
+                    .map_err(|e| codec_error(state.core().name(), "element", e))?;
+                put_bytes(&mut operand, &item);
+            }
+        }
+        // Refuse now what would make the merged list too large, instead of
+        // failing at the next read or snapshot.
+        let existing = self.get_raw(i, &self.scratch)?.map_or(0, |v| v.len());
+        self.check_size(i, existing + operand.len())?;
+        let cf = self.cf(&self.states[i].meta.name)?;
+        self.inst
+            .db
+            .merge_cf_opt(&cf, &self.scratch, operand, &self.write_options)
+            .map_err(rocks_err(self.db_name(), "merge"))
+    }
+
+    fn list_replace<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        elements: Vec<T>,
+    ) -> Result<()> {
+        let i = self.locate::<ListCodecs<N, T>, N>(state.core(), namespace)?;
+        if elements.is_empty() {
+            return self.delete_raw(i, &self.scratch);
+        }
+        let mut value = Vec::new();
+        let mut item = Vec::new();
+        {
+            let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
+            for e in &elements {
+                item.clear();
+                codec
+                    .encode(e, &mut item)
+                    .map_err(|e| codec_error(state.core().name(), "element", e))?;
+                put_bytes(&mut value, &item);
+            }
+        }
+        self.put_raw(i, &self.scratch, &value)
+    }
+
+    fn list_take<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+    ) -> Result<Vec<T>> {
+        let list = self.list_get(state, namespace, |l| l.to_vec())?;
+        if !list.is_empty() {
+            self.delete_raw(state.core().index(), &self.scratch)?;
+        }
+        Ok(list)
+    }
+
+    fn map_get<N: Namespace, UK: StateKey, UV: StateValue, R>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+        user_key: &UK,
+        read: impl FnOnce(Option<&UV>) -> R,
+    ) -> Result<R> {
+        let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
+        let mut key = self.scratch.clone();
+        codecs
+            .user_key
+            .encode(user_key, &mut key)
+            .map_err(|e| codec_error(state.core().name(), "user key", e))?;
+        let raw = self.get_raw(i, &key)?;
+        let value = match raw {
+            Some(b) => Some(
+                codecs
+                    .user_value
+                    .decode(&b)
+                    .map_err(|e| codec_error(state.core().name(), "user value", e))?,
+            ),
+            None => None,
+        };
+        Ok(read(value.as_ref()))
+    }
+
+    fn map_put<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+        user_key: UK,
+        user_value: UV,
+    ) -> Result<()> {
+        let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
+        let mut key = self.scratch.clone();
+        codecs
+            .user_key
+            .encode(&user_key, &mut key)
+            .map_err(|e| codec_error(state.core().name(), "user key", e))?;
+        let mut value = Vec::new();
+        codecs
+            .user_value
+            .encode(&user_value, &mut value)
+            .map_err(|e| codec_error(state.core().name(), "user value", e))?;
+        self.put_raw(i, &key, &value)
+    }
+
+    fn map_remove<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let old = self.map_get(state, namespace, user_key, |v| v.cloned())?;
+        if old.is_some() {
+            let i = state.core().index();
+            let mut key = self.scratch.clone();
+            self.codecs::<MapCodecs<N, UK, UV>>(i)
+                .user_key
+                .encode(user_key, &mut key)
+                .map_err(|e| codec_error(state.core().name(), "user key", e))?;
+            self.delete_raw(i, &key)?;
+        }
+        Ok(old)
+    }
+
+    fn map_entries<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+    ) -> Result<Vec<(UK, UV)>> {
+        let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
+        let cf = self.cf(&self.states[i].meta.name)?;
+        let prefix = self.scratch.clone();
+        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        it.seek(&prefix);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let uk = codecs
+                .user_key
+                .decode(&k[prefix.len()..])
+                .map_err(|e| codec_error(state.core().name(), "user key", e))?;
+            let uv = codecs
+                .user_value
+                .decode(v)
+                .map_err(|e| codec_error(state.core().name(), "user value", e))?;
+            out.push((uk, uv));
+            it.next();
+        }
+        it.status()
+            .map_err(rocks_err(self.db_name(), "map iteration"))?;
+        Ok(out)
+    }
+
+    fn map_is_empty<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+    ) -> Result<bool> {
+        let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let cf = self.cf(&self.states[i].meta.name)?;
+        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        it.seek(&self.scratch);
+        let empty = !it.key().is_some_and(|k| k.starts_with(&self.scratch));
+        it.status()
+            .map_err(rocks_err(self.db_name(), "map iteration"))?;
+        Ok(empty)
+    }
+
+    fn map_clear<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        state: &MapHandle<N, UK, UV>,
+        namespace: &N,
+    ) -> Result<()> {
+        let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let prefix = self.scratch.clone();
+        self.delete_prefix(i, &prefix)
+    }
+
+    fn keys<H: StateHandle>(&mut self, state: &H, namespace: &H::Namespace) -> Result<Vec<K>> {
+        let i = self.handle_index(state.core())?;
+        let ns_codec = self.namespace_codec::<H::Namespace>(i)?;
+        let mut want = Vec::new();
+        ns_codec
+            .encode(namespace, &mut want)
+            .map_err(|e| codec_error(state.core().name(), "namespace", e))?;
+        let key_codec = self.key_codec.clone();
+        let mut out = Vec::new();
+        self.scan_entries(i, |k, ns| {
+            if ns == want.as_slice() {
+                out.push(
+                    key_codec
+                        .decode(k)
+                        .map_err(|e| codec_error("<key>", "key", e))?,
+                );
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn keys_and_namespaces<H: StateHandle>(&mut self, state: &H) -> Result<Vec<(K, H::Namespace)>> {
+        let i = self.handle_index(state.core())?;
+        let ns_codec = self.namespace_codec::<H::Namespace>(i)?;
+        let key_codec = self.key_codec.clone();
+        let mut out = Vec::new();
+        self.scan_entries(i, |k, ns| {
+            out.push((
+                key_codec
+                    .decode(k)
+                    .map_err(|e| codec_error("<key>", "key", e))?,
+                ns_codec
+                    .decode(ns)
+                    .map_err(|e| codec_error(state.core().name(), "namespace", e))?,
+            ));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn num_entries(&self) -> Result<usize> {
+        self.check_open()?;
+        let mut n = 0;
+        for name in self.metas().iter().map(|m| m.name.clone()) {
+            let cf = self.cf(&name)?;
+            let mut it = self.inst.db.raw_iterator_cf(&cf);
+            it.seek_to_first();
+            let mut last: Vec<u8> = Vec::new();
+            while let Some(k) = it.key() {
+                let d = decode(k, self.prefix_len, self.db_name())?;
+                if &k[..d.entry_len] != last.as_slice() {
+                    n += 1;
+                    last.clear();
+                    last.extend_from_slice(&k[..d.entry_len]);
+                }
+                it.next();
+            }
+            it.status().map_err(rocks_err(self.db_name(), "count"))?;
+        }
+        Ok(n)
+    }
+
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        streams: Arc<dyn CheckpointStreamFactory>,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+        self.check_open()?;
+        let metas = self.metas();
+        if metas.is_empty() {
+            return Ok(SnapshotTask::ready(None));
+        }
+        // The synchronous part: a RocksDB snapshot (a sequence number), no copy.
+        let snapshot = DbSnapshot::new(self.inst.clone(), |inst| inst.db.snapshot());
+        let meta = KeyedSnapshotMeta {
+            max_parallelism: self.max_parallelism,
+            range: self.range,
+            key_codec: self.key_codec.schema(),
+            states: metas,
+            delta: false,
+        };
+        let prefix_len = self.prefix_len;
+        Ok(SnapshotTask::new(self.running.register(), move |cancel| {
+            let out = streams.create_stream(StreamScope::Exclusive)?;
+            let mut writer =
+                KeyedSnapshotWriter::new(out, meta.clone(), options.compression, checkpoint_id)?;
+            snapshot.with_dependent(|inst, snap| -> Result<()> {
+                let db = inst.name.as_str();
+                let cfs = meta
+                    .states
+                    .iter()
+                    .map(|s| {
+                        inst.db.cf_handle(&s.name).ok_or_else(|| Error::Corrupted {
+                            file: db.to_string(),
+                            offset: 0,
+                            reason: format!("column family '{}' is missing", s.name),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut iters: Vec<_> = cfs
+                    .iter()
+                    .map(|cf| {
+                        let mut it = snap.raw_iterator_cf_opt(cf, ReadOptions::default());
+                        it.seek(keys::prefix(meta.range.start(), prefix_len));
+                        it
+                    })
+                    .collect();
+                for kg in meta.range.iter() {
+                    cancel.check("keyed state snapshot")?;
+                    writer.start_key_group(kg)?;
+                    for (si, it) in iters.iter_mut().enumerate() {
+                        let shape = meta.states[si].kind.shape();
+                        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                            let d = decode(k, prefix_len, db)?;
+                            if d.key_group != kg {
+                                break;
+                            }
+                            match shape {
+                                StorageShape::Cell => {
+                                    writer.write_cell(si as u32, d.key, d.namespace, v)?
+                                }
+                                StorageShape::List => {
+                                    let count = list_elements(v, db)
+                                        .try_fold(0usize, |n, e| e.map(|_| n + 1))?;
+                                    writer.write_list(si as u32, d.key, d.namespace, count, v)?
+                                }
+                                StorageShape::Map => writer.write_map_entry(
+                                    si as u32,
+                                    d.key,
+                                    d.namespace,
+                                    d.user_key,
+                                    v,
+                                )?,
+                            }
+                            it.next();
+                        }
+                        it.status().map_err(rocks_err(db, "snapshot iteration"))?;
+                    }
+                }
+                Ok(())
+            })?;
+            writer.finish().map(|h| Some(h.into()))
+        }))
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.running.cancel_all();
+        self.current = None;
+    }
+}
+
+impl<K: StateKey> RocksKeyedStateBackend<K> {
+    fn handle_index(&self, core: &HandleCore) -> Result<usize> {
+        self.check_open()?;
+        if core.backend() != self.id || core.index() >= self.states.len() {
+            return Err(Error::ForeignHandle {
+                name: core.name().to_string(),
+            });
+        }
+        Ok(core.index())
+    }
+
+    /// The namespace codec of state `i`, whatever its shape.
+    fn namespace_codec<N: Namespace>(&self, i: usize) -> Result<SharedCodec<N>> {
+        self.states[i]
+            .namespace
+            .downcast_ref::<SharedCodec<N>>()
+            .cloned()
+            .ok_or_else(|| Error::ForeignHandle {
+                name: self.states[i].meta.name.clone(),
+            })
+    }
+}
