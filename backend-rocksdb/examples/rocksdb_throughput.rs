@@ -48,7 +48,9 @@ fn main() -> Result<()> {
             key.clear();
             key.push(0);
             let mut kb = Vec::new();
-            codec::postcard::<i64>().encode(&k, &mut kb).map_err(state_api::Error::user)?;
+            codec::postcard::<i64>()
+                .encode(&k, &mut kb)
+                .map_err(state_api::Error::user)?;
             key.push(kb.len() as u8);
             key.extend_from_slice(&kb);
             key.push(0);
@@ -58,22 +60,32 @@ fn main() -> Result<()> {
         for k in 0..keys {
             raw_key(k, &mut key)?;
             val.clear();
-            codec::postcard::<i64>().encode(&k, &mut val).map_err(state_api::Error::user)?;
-            db.put_opt(&key, &val, &wo).map_err(|e| state_api::Error::user(e.into_string()))?;
+            codec::postcard::<i64>()
+                .encode(&k, &mut val)
+                .map_err(state_api::Error::user)?;
+            db.put_opt(&key, &val, &wo)
+                .map_err(|e| state_api::Error::user(e.into_string()))?;
         }
         let raw_put = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut sum = 0usize;
         for k in 0..keys {
             raw_key(k, &mut key)?;
-            sum += db.get_pinned(&key).map_err(|e| state_api::Error::user(e.into_string()))?.map_or(0, |v| v.len());
+            sum += db
+                .get_pinned(&key)
+                .map_err(|e| state_api::Error::user(e.into_string()))?
+                .map_or(0, |v| v.len());
         }
         let raw_get = t.elapsed().as_secs_f64();
         black_box(sum);
         drop(db);
 
         // The backend.
-        let backend = RocksDbStateBackend::new(&root.join(format!("work-{round}")), &root.join("checkpoints"), &format!("job{round}"))?;
+        let backend = RocksDbStateBackend::new(
+            &root.join(format!("work-{round}")),
+            &root.join("checkpoints"),
+            &format!("job{round}"),
+        )?;
         let params = KeyedBackendParams::for_subtask(128, 1, 0, codec::postcard::<i64>())?;
         let mut b = backend.create_keyed_backend(params, &[])?;
         let v = b.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
@@ -96,7 +108,11 @@ fn main() -> Result<()> {
         let mut coordinator = backend.coordinator(CheckpointConfig::default())?;
         let pending = coordinator.begin_checkpoint()?;
         let t = Instant::now();
-        let task = b.snapshot(pending.id, pending.streams.clone(), SnapshotOptions::default())?;
+        let task = b.snapshot(
+            pending.id,
+            pending.streams.clone(),
+            SnapshotOptions::default(),
+        )?;
         let sync = t.elapsed();
         let handle = task.run()?.expect("state");
         let done = coordinator.complete_checkpoint(
@@ -105,18 +121,27 @@ fn main() -> Result<()> {
                 operator_id: "v".into(),
                 parallelism: 1,
                 max_parallelism: 128,
-                subtasks: vec![SubtaskState { keyed: vec![handle.clone()], ..Default::default() }],
+                subtasks: vec![SubtaskState {
+                    keyed: vec![handle.clone()],
+                    ..Default::default()
+                }],
             }],
         )?;
         let total = t.elapsed();
         let t = Instant::now();
-        let mut r = backend.create_keyed_backend(KeyedBackendParams::for_subtask(128, 1, 0, codec::postcard::<i64>())?, &[handle.clone()])?;
+        let mut r = backend.create_keyed_backend(
+            KeyedBackendParams::for_subtask(128, 1, 0, codec::postcard::<i64>())?,
+            std::slice::from_ref(&handle),
+        )?;
         r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
         let restore1 = t.elapsed();
         drop(r);
         let t = Instant::now();
         for (i, part) in assign_keyed_state(&[handle], 2, 128)?.iter().enumerate() {
-            let mut r = backend.create_keyed_backend(KeyedBackendParams::for_subtask(128, 2, i as u32, codec::postcard::<i64>())?, part)?;
+            let mut r = backend.create_keyed_backend(
+                KeyedBackendParams::for_subtask(128, 2, i as u32, codec::postcard::<i64>())?,
+                part,
+            )?;
             r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
         }
         let restore2 = t.elapsed();

@@ -12,8 +12,12 @@ use rocksdb::{
     MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
+use state_api::backend::registration::{
+    accept_restored_file, check_key_group, check_restored_registration, check_same_registration,
+    codec_error, key_compatibility, value_compatibility,
+};
 use state_api::backend::KeyedBackendParams;
-use state_api::codec::{Codec, CodecError, CodecSchema, Compatibility, SharedCodec};
+use state_api::codec::{Codec, CodecSchema, Compatibility, SharedCodec};
 use state_api::format::bytes::{put_bytes, ByteReader};
 use state_api::format::frame::MAX_FRAME_PAYLOAD;
 use state_api::format::keyed::{
@@ -195,14 +199,6 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     closed: bool,
 }
 
-fn codec_error(state: &str, role: &'static str, e: CodecError) -> Error {
-    Error::Codec {
-        state: state.to_string(),
-        role,
-        message: e.0,
-    }
-}
-
 /// Iterates the elements of a stored list value.
 fn list_elements<'a>(value: &'a [u8], db: &'a str) -> impl Iterator<Item = Result<&'a [u8]>> + 'a {
     let mut r = ByteReader::new(value, db, 0);
@@ -306,36 +302,8 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             let reader = KeyedSnapshotReader::open(piece)?;
             let file = reader.file_name().to_string();
             let meta = reader.meta().clone();
-            if meta.max_parallelism != params.max_parallelism {
-                return Err(Error::MaxParallelismMismatch {
-                    file,
-                    snapshot: meta.max_parallelism,
-                    backend: params.max_parallelism,
-                });
-            }
-            if params.key_codec.compatibility(&meta.key_codec) != Compatibility::AsIs {
-                return Err(Error::IncompatibleCodec {
-                    state: "<key>".into(),
-                    role: "key",
-                    written: meta.key_codec.clone(),
-                    current: params.key_codec.schema(),
-                });
-            }
-            for s in &meta.states {
-                match metas.iter().find(|m| m.name == s.name) {
-                    None => {
-                        self.create_cf(&s.name)?;
-                        metas.push(s.clone());
-                    }
-                    Some(m) if m == s => {}
-                    Some(m) => {
-                        return Err(Error::StateKindMismatch {
-                            name: s.name.clone(),
-                            registered: format!("{} {:?} in another handle", m.kind, m.values),
-                            requested: format!("{} {:?} in {file}", s.kind, s.values),
-                        })
-                    }
-                }
+            for name in accept_restored_file(&file, &meta, params, &mut metas)? {
+                self.create_cf(&name)?;
             }
             let cfs = meta
                 .states
@@ -345,16 +313,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             for kg in piece.range.intersection(&self.range).iter() {
                 let mut entry = Vec::new();
                 reader.for_each_record(kg, |r| {
-                    let actual = key_group_for_hash(key_hash(r.key), self.max_parallelism);
-                    if actual != kg {
-                        return Err(Error::Corrupted {
-                            file: file.clone(),
-                            offset: 0,
-                            reason: format!(
-                                "a key of key group {actual} is stored under key group {kg}"
-                            ),
-                        });
-                    }
+                    check_key_group(&file, 0, r.key, kg, self.max_parallelism)?;
                     let cf = &cfs[r.state as usize];
                     entry.clear();
                     put_entry_key(&mut entry, kg, self.prefix_len, r.key, r.namespace);
@@ -416,7 +375,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         self.check_open()?;
         if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
             let existing = &self.states[i];
-            check_same(&existing.meta, &meta)?;
+            check_same_registration(&existing.meta, &meta)?;
             if !existing.codecs.is::<C>() {
                 return Err(Error::StateKindMismatch {
                     name: meta.name.clone(),
@@ -428,31 +387,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
             let written = self.pending[p].clone();
-            if written.kind != meta.kind {
-                return Err(Error::StateKindMismatch {
-                    name: meta.name.clone(),
-                    registered: written.kind.to_string(),
-                    requested: meta.kind.to_string(),
-                });
-            }
-            if written.namespace != meta.namespace {
-                return Err(Error::IncompatibleCodec {
-                    state: meta.name.clone(),
-                    role: "namespace",
-                    written: written.namespace.clone(),
-                    current: meta.namespace.clone(),
-                });
-            }
-            for (i, c) in compat.iter().enumerate() {
-                if *c == Compatibility::Incompatible {
-                    return Err(Error::IncompatibleCodec {
-                        state: meta.name.clone(),
-                        role: meta.value_roles()[i],
-                        written: written.values[i].clone(),
-                        current: meta.values[i].clone(),
-                    });
-                }
-            }
+            check_restored_registration(&written, &meta, compat)?;
             if compat.contains(&Compatibility::AfterMigration) {
                 self.rewrite_values(&meta.name, |v| migrate(&written, v))?;
             }
@@ -621,39 +556,6 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 }
 
-fn check_same(existing: &StateMeta, requested: &StateMeta) -> Result<()> {
-    if existing.kind != requested.kind {
-        return Err(Error::StateKindMismatch {
-            name: requested.name.clone(),
-            registered: existing.kind.to_string(),
-            requested: requested.kind.to_string(),
-        });
-    }
-    if existing.namespace != requested.namespace {
-        return Err(Error::IncompatibleCodec {
-            state: requested.name.clone(),
-            role: "namespace",
-            written: existing.namespace.clone(),
-            current: requested.namespace.clone(),
-        });
-    }
-    for (i, (a, b)) in existing.values.iter().zip(&requested.values).enumerate() {
-        if a != b {
-            return Err(Error::IncompatibleCodec {
-                state: requested.name.clone(),
-                role: requested.value_roles()[i],
-                written: a.clone(),
-                current: b.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn compat_with<T: 'static>(codec: &SharedCodec<T>, written: Option<&CodecSchema>) -> Compatibility {
-    written.map_or(Compatibility::AsIs, |w| codec.compatibility(w))
-}
-
 fn convert<T: 'static>(
     codec: &dyn Codec<T>,
     written: &CodecSchema,
@@ -715,12 +617,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         &mut self,
         spec: CellSpec<N, V>,
     ) -> Result<CellHandle<N, V>> {
-        let written = self
-            .pending
-            .iter()
-            .find(|m| m.name == spec.meta.name)
-            .and_then(|m| m.values.first().cloned());
-        let compat = compat_with(&spec.value_codec, written.as_ref());
+        let compat = value_compatibility(&spec.value_codec, &self.pending, &spec.meta.name, 0);
         let value = spec.value_codec.clone();
         let name = spec.meta.name.clone();
         let core = self.register(
@@ -740,12 +637,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         &mut self,
         spec: ListSpec<N, T>,
     ) -> Result<ListHandle<N, T>> {
-        let written = self
-            .pending
-            .iter()
-            .find(|m| m.name == spec.meta.name)
-            .and_then(|m| m.values.first().cloned());
-        let compat = compat_with(&spec.element_codec, written.as_ref());
+        let compat = value_compatibility(&spec.element_codec, &self.pending, &spec.meta.name, 0);
         let element = spec.element_codec.clone();
         let name = spec.meta.name.clone();
         let db = self.inst.name.clone();
@@ -775,22 +667,14 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         &mut self,
         spec: MapSpec<N, UK, UV>,
     ) -> Result<MapHandle<N, UK, UV>> {
-        let pending = self
-            .pending
-            .iter()
-            .find(|m| m.name == spec.meta.name)
-            .cloned();
-        let key_compat = match compat_with(
+        let name = &spec.meta.name;
+        let key_compat = key_compatibility(value_compatibility(
             &spec.user_key_codec,
-            pending.as_ref().and_then(|m| m.values.first()),
-        ) {
-            Compatibility::AsIs => Compatibility::AsIs,
-            _ => Compatibility::Incompatible,
-        };
-        let value_compat = compat_with(
-            &spec.user_value_codec,
-            pending.as_ref().and_then(|m| m.values.get(1)),
-        );
+            &self.pending,
+            name,
+            0,
+        ));
+        let value_compat = value_compatibility(&spec.user_value_codec, &self.pending, name, 1);
         let uv = spec.user_value_codec.clone();
         let name = spec.meta.name.clone();
         let core = self.register(

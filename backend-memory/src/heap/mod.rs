@@ -13,6 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
+use state_api::backend::registration::{
+    check_restored_registration, check_same_registration, decode_restored, key_compatibility,
+    value_compatibility,
+};
 use state_api::backend::KeyedBackendParams;
 use state_api::codec::{Compatibility, SharedCodec};
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, RecordBody};
@@ -225,7 +229,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         self.check_open()?;
         if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
             let existing = &self.states[i];
-            check_same(&existing.meta, &meta)?;
+            check_same_registration(&existing.meta, &meta)?;
             if !existing.table.as_any().is::<T>() {
                 return Err(Error::StateKindMismatch {
                     name: meta.name.clone(),
@@ -238,31 +242,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let mut table = make(self.range.len());
         if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
             let written = &self.pending[p];
-            if written.kind != meta.kind {
-                return Err(Error::StateKindMismatch {
-                    name: meta.name.clone(),
-                    registered: written.kind.to_string(),
-                    requested: meta.kind.to_string(),
-                });
-            }
-            if written.namespace != meta.namespace {
-                return Err(Error::IncompatibleCodec {
-                    state: meta.name.clone(),
-                    role: "namespace",
-                    written: written.namespace.clone(),
-                    current: meta.namespace.clone(),
-                });
-            }
-            for (i, c) in compat.iter().enumerate() {
-                if *c == Compatibility::Incompatible {
-                    return Err(Error::IncompatibleCodec {
-                        state: meta.name.clone(),
-                        role: meta.value_roles()[i],
-                        written: written.values[i].clone(),
-                        current: meta.values[i].clone(),
-                    });
-                }
-            }
+            check_restored_registration(written, &meta, compat)?;
             let data = self.restored.clone().ok_or_else(|| Error::Corrupted {
                 file: "restored state".into(),
                 offset: 0,
@@ -370,70 +350,6 @@ impl<K: StateKey> SnapshotParts<K> {
     }
 }
 
-/// Compatibility of a value codec with the schema it was written with.
-fn value_compat<T: 'static>(
-    codec: &SharedCodec<T>,
-    written: Option<&state_api::codec::CodecSchema>,
-) -> Compatibility {
-    written.map_or(Compatibility::AsIs, |w| codec.compatibility(w))
-}
-
-/// A codec that may be migrated decodes through `decode_written`.
-fn decode_value<T: 'static>(
-    codec: &SharedCodec<T>,
-    compat: Compatibility,
-    written: &state_api::codec::CodecSchema,
-    bytes: &[u8],
-    state: &str,
-    role: &'static str,
-) -> Result<T> {
-    match compat {
-        Compatibility::AfterMigration => codec.decode_written(written, bytes),
-        _ => codec.decode(bytes),
-    }
-    .map_err(|e| codec_error(state, role, e))
-}
-
-fn check_same(existing: &StateMeta, requested: &StateMeta) -> Result<()> {
-    if existing.kind != requested.kind {
-        return Err(Error::StateKindMismatch {
-            name: requested.name.clone(),
-            registered: existing.kind.to_string(),
-            requested: requested.kind.to_string(),
-        });
-    }
-    if existing.namespace != requested.namespace {
-        return Err(Error::IncompatibleCodec {
-            state: requested.name.clone(),
-            role: "namespace",
-            written: existing.namespace.clone(),
-            current: requested.namespace.clone(),
-        });
-    }
-    for (i, (a, b)) in existing.values.iter().zip(&requested.values).enumerate() {
-        if a != b {
-            return Err(Error::IncompatibleCodec {
-                state: requested.name.clone(),
-                role: requested.value_roles()[i],
-                written: a.clone(),
-                current: b.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn pending_written<'a>(
-    pending: &'a [StateMeta],
-    name: &str,
-    i: usize,
-) -> Option<&'a state_api::codec::CodecSchema> {
-    pending
-        .iter()
-        .find(|m| m.name == name)
-        .and_then(|m| m.values.get(i))
-}
-
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// The synchronous part of a full snapshot.
     fn snapshot_parts(&self) -> SnapshotParts<K> {
@@ -511,8 +427,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         &mut self,
         spec: CellSpec<N, V>,
     ) -> Result<CellHandle<N, V>> {
-        let written = pending_written(&self.pending, &spec.meta.name, 0).cloned();
-        let compat = value_compat(&spec.value_codec, written.as_ref());
+        let compat = value_compatibility(&spec.value_codec, &self.pending, &spec.meta.name, 0);
         let codec = spec.value_codec;
         let name = spec.meta.name.clone();
         let core = self.register(
@@ -530,7 +445,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
             |table, index, entry, body, written| {
                 match body {
                     RecordBody::Cell(v) => {
-                        let value = decode_value(
+                        let value = decode_restored(
                             &codec,
                             compat,
                             &written.values[0],
@@ -555,8 +470,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         &mut self,
         spec: ListSpec<N, T>,
     ) -> Result<ListHandle<N, T>> {
-        let written = pending_written(&self.pending, &spec.meta.name, 0).cloned();
-        let compat = value_compat(&spec.element_codec, written.as_ref());
+        let compat = value_compatibility(&spec.element_codec, &self.pending, &spec.meta.name, 0);
         let codec = spec.element_codec;
         let name = spec.meta.name.clone();
         let core = self.register(
@@ -576,7 +490,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
                     let list = elements
                         .iter()
                         .map(|e| {
-                            decode_value(
+                            decode_restored(
                                 &codec,
                                 compat,
                                 &written.values[0],
@@ -605,14 +519,13 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         spec: MapSpec<N, UK, UV>,
     ) -> Result<MapHandle<N, UK, UV>> {
         let name = spec.meta.name.clone();
-        let written_key = pending_written(&self.pending, &name, 0).cloned();
-        let written_value = pending_written(&self.pending, &name, 1).cloned();
-        // User keys are part of the entry's identity: they are never migrated.
-        let key_compat = match value_compat(&spec.user_key_codec, written_key.as_ref()) {
-            Compatibility::AsIs => Compatibility::AsIs,
-            _ => Compatibility::Incompatible,
-        };
-        let value_compat = value_compat(&spec.user_value_codec, written_value.as_ref());
+        let key_compat = key_compatibility(value_compatibility(
+            &spec.user_key_codec,
+            &self.pending,
+            &name,
+            0,
+        ));
+        let value_compat = value_compatibility(&spec.user_value_codec, &self.pending, &name, 1);
         let (uk_codec, uv_codec) = (spec.user_key_codec, spec.user_value_codec);
         let core = self.register(
             spec.meta,
@@ -636,7 +549,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
                 let uk = uk_codec
                     .decode(uk)
                     .map_err(|e| codec_error(&written.name, "user key", e))?;
-                let uv = decode_value(
+                let uv = decode_restored(
                     &uv_codec,
                     value_compat,
                     &written.values[1],

@@ -9,16 +9,15 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use state_api::backend::registration::{accept_restored_file, check_key_group};
 use state_api::backend::KeyedBackendParams;
-use state_api::codec::Compatibility;
 use state_api::format::keyed::{
     parse_records, KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, Record, RecordBody,
 };
-use state_api::key_group::{key_group_for_hash, key_hash};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::StreamBytes;
 use state_api::state::StateMeta;
-use state_api::{Error, Result};
+use state_api::Result;
 
 /// One snapshot file a restore read from.
 pub(crate) struct RestoredSource {
@@ -80,35 +79,7 @@ impl RestoredData {
             let reader = KeyedSnapshotReader::open(handle)?;
             let file = reader.file_name().to_string();
             let meta = reader.meta();
-            if meta.max_parallelism != params.max_parallelism {
-                return Err(Error::MaxParallelismMismatch {
-                    file,
-                    snapshot: meta.max_parallelism,
-                    backend: params.max_parallelism,
-                });
-            }
-            let key_compat = params.key_codec.compatibility(&meta.key_codec);
-            if key_compat != Compatibility::AsIs {
-                return Err(Error::IncompatibleCodec {
-                    state: "<key>".into(),
-                    role: "key",
-                    written: meta.key_codec.clone(),
-                    current: params.key_codec.schema(),
-                });
-            }
-            for s in &meta.states {
-                match metas.iter().find(|m| m.name == s.name) {
-                    None => metas.push(s.clone()),
-                    Some(m) if m == s => {}
-                    Some(m) => {
-                        return Err(Error::StateKindMismatch {
-                            name: s.name.clone(),
-                            registered: format!("{} {:?} in another handle", m.kind, m.values),
-                            requested: format!("{} {:?} in {file}", s.kind, s.values),
-                        })
-                    }
-                }
-            }
+            accept_restored_file(&file, meta, params, &mut metas)?;
             let source = data.sources.len() as u32;
             let own = handle.range.intersection(&range);
             for kg in own.iter() {
@@ -171,16 +142,13 @@ impl RestoredData {
                             return Ok(());
                         }
                         let kg = self.range.start() + index as u32;
-                        let actual = key_group_for_hash(key_hash(r.key), self.max_parallelism);
-                        if actual != kg {
-                            return Err(Error::Corrupted {
-                                file: source.file.clone(),
-                                offset: frame.offset,
-                                reason: format!(
-                                    "a key of key group {actual} is stored under key group {kg}"
-                                ),
-                            });
-                        }
+                        check_key_group(
+                            &source.file,
+                            frame.offset,
+                            r.key,
+                            kg,
+                            self.max_parallelism,
+                        )?;
                         f(index, &r)
                     },
                 )?;

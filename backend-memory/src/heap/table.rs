@@ -18,7 +18,7 @@ use state_api::codec::{Codec, SharedCodec};
 use state_api::format::bytes::put_bytes;
 use state_api::format::keyed::KeyedSnapshotWriter;
 use state_api::state::{Namespace, StateKey, StateValue};
-use state_api::{Error, Result};
+use state_api::Result;
 
 /// The hasher of in-memory tables. Per-process seeded: it only places entries
 /// in memory and is never persisted (key groups use their own fixed hash).
@@ -82,17 +82,7 @@ pub struct Scratch {
     pub item: Vec<u8>,
 }
 
-pub(crate) fn codec_error(
-    state: &str,
-    role: &'static str,
-    e: state_api::codec::CodecError,
-) -> Error {
-    Error::Codec {
-        state: state.to_string(),
-        role,
-        message: e.0,
-    }
-}
+pub(crate) use state_api::backend::registration::codec_error;
 
 pub(crate) fn encode_into<T: 'static>(
     codec: &dyn Codec<T>,

@@ -4,6 +4,7 @@
 pub mod checkpointed;
 pub mod keyed;
 pub mod operator;
+pub mod registration;
 
 use std::sync::Arc;
 

@@ -183,13 +183,7 @@ impl ErasedOperatorState for RawState {
     }
 }
 
-fn codec_error(state: &str, role: &'static str, e: crate::codec::CodecError) -> Error {
-    Error::Codec {
-        state: state.to_string(),
-        role,
-        message: e.0,
-    }
-}
+use super::registration::codec_error;
 
 struct Entry {
     meta: OperatorStateMeta,
