@@ -23,7 +23,7 @@ use state_api::format::frame::MAX_FRAME_PAYLOAD;
 use state_api::format::keyed::{
     KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, RecordBody,
 };
-use state_api::key_group::{key_group_for_hash, key_hash};
+use state_api::key_group::locate_key;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
@@ -586,17 +586,13 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
 
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.check_open()?;
-        self.scratch.clear();
-        self.key_codec
-            .encode(&key, &mut self.scratch)
-            .map_err(|e| codec_error("<key>", "key", e))?;
-        let group = key_group_for_hash(key_hash(&self.scratch), self.max_parallelism);
-        if !self.range.contains(group) {
-            return Err(Error::KeyGroupOutOfRange {
-                key_group: group,
-                range: self.range,
-            });
-        }
+        let (group, _) = locate_key(
+            &*self.key_codec,
+            &key,
+            &mut self.scratch,
+            self.max_parallelism,
+            &self.range,
+        )?;
         self.key_prefix.clear();
         put_prefix(&mut self.key_prefix, group, self.prefix_len);
         put_bytes(&mut self.key_prefix, &self.scratch);

@@ -127,6 +127,30 @@ pub fn key_group_for_hash(hash: u32, max_parallelism: u32) -> u32 {
     murmur_fmix(hash) % max_parallelism
 }
 
+/// Encodes `key` with `codec` into `buf` (cleared first) and returns its key
+/// group and the group's position in `range`; a key of another subtask's
+/// key group is a [`Error::KeyGroupOutOfRange`]. What every keyed backend does
+/// when the current key is set.
+#[inline]
+pub fn locate_key<K: 'static>(
+    codec: &dyn crate::codec::Codec<K>,
+    key: &K,
+    buf: &mut Vec<u8>,
+    max_parallelism: u32,
+    range: &KeyGroupRange,
+) -> Result<(u32, usize)> {
+    buf.clear();
+    codec
+        .encode(key, buf)
+        .map_err(|e| crate::backend::registration::codec_error("<key>", "key", e))?;
+    let group = key_group_for_hash(key_hash(buf), max_parallelism);
+    let index = range.index_of(group).ok_or(Error::KeyGroupOutOfRange {
+        key_group: group,
+        range: *range,
+    })?;
+    Ok((group, index))
+}
+
 /// The index of the operator (subtask) that owns `key_group` at `parallelism`.
 pub fn operator_index_for_key_group(
     key_group: u32,

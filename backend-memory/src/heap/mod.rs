@@ -20,7 +20,7 @@ use state_api::backend::registration::{
 use state_api::backend::KeyedBackendParams;
 use state_api::codec::{Compatibility, SharedCodec};
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, RecordBody};
-use state_api::key_group::{key_group_for_hash, key_hash};
+use state_api::key_group::locate_key;
 use state_api::snapshot::handle::{
     IncrementalKeyedStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
 };
@@ -397,18 +397,13 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.check_open()?;
-        self.key_buf.clear();
-        self.key_codec
-            .encode(&key, &mut self.key_buf)
-            .map_err(|e| codec_error("<key>", "key", e))?;
-        let group = key_group_for_hash(key_hash(&self.key_buf), self.max_parallelism);
-        let index = self
-            .range
-            .index_of(group)
-            .ok_or(Error::KeyGroupOutOfRange {
-                key_group: group,
-                range: self.range,
-            })?;
+        let (group, index) = locate_key(
+            &*self.key_codec,
+            &key,
+            &mut self.key_buf,
+            self.max_parallelism,
+            &self.range,
+        )?;
         self.current = Some(key);
         self.current_group = group;
         self.current_index = index;
