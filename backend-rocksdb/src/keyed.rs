@@ -84,6 +84,18 @@ impl Drop for FolderGuard {
 
 type Snap<'a> = rocksdb::SnapshotWithThreadMode<'a, Db>;
 
+type CfList<'a> = Vec<Arc<rocksdb::BoundColumnFamily<'a>>>;
+
+self_cell::self_cell!(
+    /// The database with the column-family handles of the registered states,
+    /// in registration order, so an access does not look a handle up by name.
+    pub(crate) struct DbHandles {
+        owner: Arc<DbInstance>,
+        #[covariant]
+        dependent: CfList,
+    }
+);
+
 self_cell::self_cell!(
     /// A RocksDB snapshot that owns a reference to its database, so that the
     /// asynchronous part of a snapshot can run on another thread.
@@ -183,6 +195,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     prefix_len: usize,
     key_codec: SharedCodec<K>,
     inst: Arc<DbInstance>,
+    /// Column-family handles of `states`, by index.
+    handles: DbHandles,
     cache: Cache,
     options: RocksOptions,
     write_options: WriteOptions,
@@ -229,7 +243,9 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         let mut write_options = WriteOptions::default();
         // Durability comes from checkpoints, not from RocksDB's log.
         write_options.disable_wal(true);
+        let handles = DbHandles::new(inst.clone(), |_| Vec::new());
         let mut backend = RocksKeyedStateBackend {
+            handles,
             id: next_backend_instance_id(),
             max_parallelism: params.max_parallelism,
             range: params.key_group_range,
@@ -276,6 +292,12 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             ))?;
         }
         Ok(())
+    }
+
+    /// The column family of registered state `index`.
+    #[inline]
+    fn cf_at(&self, index: usize) -> &Arc<rocksdb::BoundColumnFamily<'_>> {
+        &self.handles.borrow_dependent()[index]
     }
 
     fn cf(&self, name: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
@@ -395,6 +417,20 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         } else {
             self.create_cf(&meta.name)?;
         }
+        let name = meta.name.clone();
+        let mut missing = false;
+        self.handles
+            .with_dependent_mut(|inst, cfs| match inst.db.cf_handle(&name) {
+                Some(cf) => cfs.push(cf),
+                None => missing = true,
+            });
+        if missing {
+            return Err(Error::Corrupted {
+                file: self.inst.name.clone(),
+                offset: 0,
+                reason: format!("column family '{name}' is missing"),
+            });
+        }
         let i = self.states.len();
         self.states.push(Registered {
             meta: meta.clone(),
@@ -455,17 +491,13 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 name: core.name().to_string(),
             });
         };
+        self.value_buf.clear();
+        ns_codec
+            .encode(namespace, &mut self.value_buf)
+            .map_err(|e| codec_error(core.name(), "namespace", e))?;
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.key_prefix);
-        let len_at = self.scratch.len();
-        ns_codec
-            .encode(namespace, &mut self.scratch)
-            .map_err(|e| codec_error(core.name(), "namespace", e))?;
-        // Insert the namespace length before its bytes.
-        let ns_len = self.scratch.len() - len_at;
-        let mut len = Vec::with_capacity(2);
-        state_api::format::bytes::put_varint(&mut len, ns_len as u64);
-        self.scratch.splice(len_at..len_at, len);
+        put_bytes(&mut self.scratch, &self.value_buf);
         Ok(core.index())
     }
 
@@ -477,7 +509,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 
     fn get_raw(&self, index: usize, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
-        let cf = self.cf(&self.states[index].meta.name)?;
+        let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
             .get_pinned_cf(&cf, key)
@@ -497,7 +529,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
 
     fn put_raw(&self, index: usize, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_size(index, value.len())?;
-        let cf = self.cf(&self.states[index].meta.name)?;
+        let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
             .put_cf_opt(&cf, key, value, &self.write_options)
@@ -505,7 +537,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 
     fn delete_raw(&self, index: usize, key: &[u8]) -> Result<()> {
-        let cf = self.cf(&self.states[index].meta.name)?;
+        let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
             .delete_cf_opt(&cf, key, &self.write_options)
@@ -513,7 +545,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 
     fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
-        let cf = self.cf(&self.states[index].meta.name)?;
+        let cf = Arc::clone(self.cf_at(index));
         match keys::successor(prefix) {
             Some(end) => self
                 .inst
@@ -530,7 +562,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         index: usize,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let cf = self.cf(&self.states[index].meta.name)?;
+        let cf = Arc::clone(self.cf_at(index));
         let mut it = self.inst.db.raw_iterator_cf(&cf);
         it.seek_to_first();
         let mut last: Vec<u8> = Vec::new();
@@ -810,7 +842,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         // failing at the next read or snapshot.
         let existing = self.get_raw(i, &self.scratch)?.map_or(0, |v| v.len());
         self.check_size(i, existing + operand.len())?;
-        let cf = self.cf(&self.states[i].meta.name)?;
+        let cf = Arc::clone(self.cf_at(i));
         self.inst
             .db
             .merge_cf_opt(&cf, &self.scratch, operand, &self.write_options)
@@ -929,7 +961,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     ) -> Result<Vec<(UK, UV)>> {
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
         let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
-        let cf = self.cf(&self.states[i].meta.name)?;
+        let cf = Arc::clone(self.cf_at(i));
         let prefix = self.scratch.clone();
         let mut it = self.inst.db.raw_iterator_cf(&cf);
         it.seek(&prefix);
@@ -960,7 +992,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         namespace: &N,
     ) -> Result<bool> {
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
-        let cf = self.cf(&self.states[i].meta.name)?;
+        let cf = Arc::clone(self.cf_at(i));
         let mut it = self.inst.db.raw_iterator_cf(&cf);
         it.seek(&self.scratch);
         let empty = !it.key().is_some_and(|k| k.starts_with(&self.scratch));
