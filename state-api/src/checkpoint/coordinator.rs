@@ -254,24 +254,41 @@ impl CheckpointCoordinator {
     /// the streams its snapshots write to.
     pub fn begin_checkpoint(&mut self) -> Result<PendingCheckpoint> {
         let id = self.next_id;
-        self.next_id += 1;
         let dir = self.layout.checkpoint_dir(id);
+        self.begin(id, dir, self.layout.shared_dir(), None)
+    }
+
+    /// Creates the exclusive folder of pending checkpoint (or savepoint) `id`
+    /// and the streams that write into it and `shared_dir`.
+    fn begin(
+        &mut self,
+        id: u64,
+        dir: PathBuf,
+        shared_dir: PathBuf,
+        savepoint_dir: Option<PathBuf>,
+    ) -> Result<PendingCheckpoint> {
+        self.next_id = id + 1;
         self.storage
             .create_dir_all(&dir)
             .map_err(io_err("creating", &dir))?;
+        let kind = if savepoint_dir.is_some() {
+            "savepoint"
+        } else {
+            "checkpoint"
+        };
         let factory = FsCheckpointStreamFactory::new(
             self.storage.clone(),
             dir,
-            self.layout.shared_dir(),
+            shared_dir,
             self.config.inline_threshold,
-            format!("checkpoint {id}"),
+            format!("{kind} {id}"),
         )?;
         let created = factory.created_files();
         self.pending.insert(
             id,
             PendingEntry {
                 created: created.clone(),
-                savepoint_dir: None,
+                savepoint_dir,
             },
         );
         Ok(PendingCheckpoint {
@@ -366,31 +383,9 @@ impl CheckpointCoordinator {
     /// canonical snapshots for it.
     pub fn begin_savepoint(&mut self, savepoint_dir: &Path) -> Result<PendingCheckpoint> {
         let id = self.next_id;
-        self.next_id += 1;
         let dir = self.layout.new_savepoint_dir(savepoint_dir);
-        self.storage
-            .create_dir_all(&dir)
-            .map_err(io_err("creating", &dir))?;
-        let factory = FsCheckpointStreamFactory::new(
-            self.storage.clone(),
-            dir.clone(),
-            dir.clone(),
-            self.config.inline_threshold,
-            format!("savepoint {id}"),
-        )?;
-        let created = factory.created_files();
-        self.pending.insert(
-            id,
-            PendingEntry {
-                created: created.clone(),
-                savepoint_dir: Some(dir),
-            },
-        );
-        Ok(PendingCheckpoint {
-            id,
-            streams: Arc::new(factory),
-            created,
-        })
+        // Every file of a savepoint, shared-scope ones included, stays in its folder.
+        self.begin(id, dir.clone(), dir.clone(), Some(dir))
     }
 
     /// Completes a savepoint; returns its folder. Savepoints are never
