@@ -5,7 +5,8 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MergeOperands,
@@ -17,6 +18,7 @@ use state_api::backend::registration::{
     codec_error, key_compatibility, value_compatibility,
 };
 use state_api::backend::KeyedBackendParams;
+use state_api::checkpoint::layout::unique_file_name;
 use state_api::codec::{Codec, CodecSchema, Compatibility, SharedCodec};
 use state_api::format::bytes::{put_bytes, ByteReader};
 use state_api::format::frame::MAX_FRAME_PAYLOAD;
@@ -24,10 +26,10 @@ use state_api::format::keyed::{
     KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, RecordBody,
 };
 use state_api::key_group::locate_key;
-use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
-use state_api::snapshot::SnapshotOptions;
+use state_api::snapshot::{SnapshotKind, SnapshotOptions};
 use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
 };
@@ -35,6 +37,7 @@ use state_api::state::{Namespace, StateKey, StateMeta, StateValue, StorageShape}
 use state_api::{Error, KeyGroupRange, Result};
 
 use crate::keys::{self, decode, put_entry_key, put_prefix};
+use crate::native::{self, Capture, CaptureGate, FolderGuard, NativeSnapshot, Uploads};
 
 pub(crate) type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 
@@ -53,6 +56,10 @@ pub struct RocksOptions {
     /// Largest value (or merged list) a state may hold; larger writes are
     /// refused when they are made. At most the canonical format's record limit.
     pub max_value_bytes: usize,
+    /// Checkpoints share SST files between them ([`crate::native`]); when
+    /// false every checkpoint is a full canonical snapshot. Savepoints are
+    /// always canonical.
+    pub incremental: bool,
 }
 
 impl Default for RocksOptions {
@@ -62,6 +69,7 @@ impl Default for RocksOptions {
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 64 << 20,
             max_value_bytes: MAX_FRAME_PAYLOAD - 4096,
+            incremental: true,
         }
     }
 }
@@ -71,14 +79,13 @@ impl Default for RocksOptions {
 pub(crate) struct DbInstance {
     pub(crate) db: Db,
     pub(crate) name: String,
-    _folder: FolderGuard,
+    folder: FolderGuard,
 }
 
-struct FolderGuard(PathBuf);
-
-impl Drop for FolderGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl DbInstance {
+    /// The instance's working folder.
+    pub(crate) fn folder(&self) -> &Path {
+        &self.folder.0
     }
 }
 
@@ -106,7 +113,7 @@ self_cell::self_cell!(
     }
 );
 
-fn rocks_err(db: &str, what: &str) -> impl FnOnce(rocksdb::Error) -> Error {
+pub(crate) fn rocks_err(db: &str, what: &str) -> impl FnOnce(rocksdb::Error) -> Error {
     let context = format!("RocksDB {db}: {what}");
     move |e| Error::Io {
         context,
@@ -140,25 +147,38 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
     o
 }
 
-/// Opens a fresh instance in `folder` (which must not exist).
+/// Opens the instance in `folder`: a fresh one, or with `existing` the
+/// database already placed there (a restored checkpoint), with all its
+/// column families.
 pub(crate) fn open_instance(
     folder: &Path,
     options: &RocksOptions,
+    existing: bool,
 ) -> Result<(Arc<DbInstance>, Cache)> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
     let name = folder.display().to_string();
     let cache = Cache::new_lru_cache(options.block_cache_bytes);
     let mut db_opts = column_family_options(options, &cache);
-    db_opts.create_if_missing(true);
+    db_opts.create_if_missing(!existing);
     db_opts.create_missing_column_families(true);
-    let db = Db::open_cf_descriptors(&db_opts, folder, Vec::<ColumnFamilyDescriptor>::new())
-        .map_err(rocks_err(&name, "open"))?;
+    // Checkpoints flush without waiting; leave room for a switched memtable.
+    db_opts.set_max_write_buffer_number(4);
+    let cfs = if existing {
+        Db::list_cf(&db_opts, folder).map_err(rocks_err(&name, "listing column families"))?
+    } else {
+        Vec::new()
+    };
+    let descriptors = cfs
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, column_family_options(options, &cache)));
+    let db =
+        Db::open_cf_descriptors(&db_opts, folder, descriptors).map_err(rocks_err(&name, "open"))?;
     Ok((
         Arc::new(DbInstance {
             db,
             name,
-            _folder: FolderGuard(folder.to_path_buf()),
+            folder: FolderGuard(folder.to_path_buf()),
         }),
         cache,
     ))
@@ -211,6 +231,12 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     pending: Vec<StateMeta>,
     running: CancellationRegistry,
     closed: bool,
+    /// Closed while an incremental checkpoint captures its files.
+    gate: Arc<CaptureGate>,
+    /// Estimated memtable bytes written while the gate is closed.
+    held_bytes: AtomicUsize,
+    /// SSTs uploaded by incremental checkpoints.
+    uploads: Arc<Mutex<Uploads>>,
 }
 
 /// Iterates the elements of a stored list value.
@@ -239,7 +265,52 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 ),
             });
         }
-        let (inst, cache) = open_instance(folder, &options)?;
+        let result = Self::open_restoring(folder, params, restore, options);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+        result
+    }
+
+    fn open_restoring(
+        folder: &Path,
+        params: KeyedBackendParams<K>,
+        restore: &[KeyedStateHandle],
+        options: RocksOptions,
+    ) -> Result<Self> {
+        let own = params.key_group_range;
+        let plen = keys::prefix_len(params.max_parallelism);
+        let mut metas: Vec<StateMeta> = Vec::new();
+        let mut natives: Vec<(&IncrementalNativeStateHandle, String)> = Vec::new();
+        let mut canonical: Vec<KeyedStateHandle> = Vec::new();
+        for h in restore {
+            match h {
+                KeyedStateHandle::IncrementalNative(n) => {
+                    let file = h.describe();
+                    native::check_native(n, &file)?;
+                    accept_restored_file(&file, &native_meta(n), &params, &mut metas)?;
+                    natives.push((n, file));
+                }
+                other => canonical.push(other.clone()),
+            }
+        }
+        // The native handle covering most of this backend's key groups is
+        // opened in place; the others are copied in.
+        let base = (0..natives.len()).max_by_key(|&i| natives[i].0.range.intersection(&own).len());
+        let (inst, cache) = match base {
+            Some(i) => {
+                let b = natives[i].0;
+                native::materialize(b, folder)?;
+                let (inst, cache) = open_instance(folder, &options, true)?;
+                let keep = b.range.intersection(&own);
+                if keep != b.source_range {
+                    let names = b.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+                    native::clip(&inst, &names, keep, plen)?;
+                }
+                (inst, cache)
+            }
+            None => open_instance(folder, &options, false)?,
+        };
         let mut write_options = WriteOptions::default();
         // Durability comes from checkpoints, not from RocksDB's log.
         write_options.disable_wal(true);
@@ -264,11 +335,45 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             pending: Vec::new(),
             running: CancellationRegistry::default(),
             closed: false,
+            gate: Arc::default(),
+            held_bytes: AtomicUsize::new(0),
+            uploads: Arc::default(),
         };
-        if !restore.is_empty() {
-            backend.restore(restore, &params)?;
+        for (i, (n, file)) in natives.iter().enumerate() {
+            if Some(i) != base {
+                backend.merge_native(n, file, i)?;
+            }
         }
+        if !canonical.is_empty() {
+            backend.restore(&canonical, &params, &mut metas)?;
+        }
+        backend.pending = metas;
         Ok(backend)
+    }
+
+    /// Copies the key groups this backend owns out of another backend's
+    /// native checkpoint (scaling in), through a temporary read-only instance.
+    fn merge_native(&self, n: &IncrementalNativeStateHandle, file: &str, i: usize) -> Result<()> {
+        let range = n.range.intersection(&self.range);
+        if range.is_empty() {
+            return Ok(());
+        }
+        let tmp = PathBuf::from(format!("{}.restore-{i}", self.inst.folder().display()));
+        let _guard = FolderGuard(tmp.clone());
+        native::materialize(n, &tmp)?;
+        let cache = Cache::new_lru_cache(8 << 20);
+        let opts = column_family_options(&self.options, &cache);
+        let names = Db::list_cf(&opts, &tmp).map_err(rocks_err(file, "listing column families"))?;
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, column_family_options(&self.options, &cache)));
+        let source = Db::open_cf_descriptors_read_only(&opts, &tmp, descriptors, false)
+            .map_err(rocks_err(file, "opening a restored checkpoint"))?;
+        let states = n.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        for name in &states {
+            self.create_cf(name)?;
+        }
+        native::copy_key_groups(&source, file, &self.inst, &states, range, self.prefix_len)
     }
 
     fn db_name(&self) -> &str {
@@ -317,14 +422,18 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         &mut self,
         handles: &[KeyedStateHandle],
         params: &KeyedBackendParams<K>,
+        metas: &mut Vec<StateMeta>,
     ) -> Result<()> {
-        let mut metas: Vec<StateMeta> = Vec::new();
         let mut batch = WriteBatch::default();
-        for piece in handles.iter().flat_map(|h| h.pieces()) {
+        let pieces = handles
+            .iter()
+            .map(|h| h.canonical_pieces())
+            .collect::<Result<Vec<_>>>()?;
+        for piece in pieces.into_iter().flatten() {
             let reader = KeyedSnapshotReader::open(piece)?;
             let file = reader.file_name().to_string();
             let meta = reader.meta().clone();
-            for name in accept_restored_file(&file, &meta, params, &mut metas)? {
+            for name in accept_restored_file(&file, &meta, params, metas)? {
                 self.create_cf(&name)?;
             }
             let cfs = meta
@@ -379,7 +488,6 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 .write_opt(std::mem::take(&mut batch), &self.write_options)
                 .map_err(rocks_err(&self.inst.name, "restoring"))?;
         }
-        self.pending = metas;
         Ok(())
     }
 
@@ -527,8 +635,28 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         Ok(())
     }
 
+    /// Accounts for a write while an incremental checkpoint captures its
+    /// files, waiting for the capture before the new memtable could fill.
+    #[inline]
+    fn before_write(&self, bytes: usize) {
+        if self.gate.is_pending() {
+            self.hold(bytes);
+        }
+    }
+
+    #[cold]
+    fn hold(&self, bytes: usize) {
+        let add = bytes + native::MEMTABLE_ENTRY_OVERHEAD;
+        let held = self.held_bytes.fetch_add(add, Ordering::Relaxed) + add;
+        if held > self.options.write_buffer_bytes / 4 {
+            self.gate.settle();
+            self.held_bytes.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn put_raw(&self, index: usize, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_size(index, value.len())?;
+        self.before_write(key.len() + value.len());
         let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
@@ -537,6 +665,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 
     fn delete_raw(&self, index: usize, key: &[u8]) -> Result<()> {
+        self.before_write(key.len());
         let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
@@ -545,6 +674,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 
     fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
+        self.before_write(2 * prefix.len());
         let cf = Arc::clone(self.cf_at(index));
         match keys::successor(prefix) {
             Some(end) => self
@@ -842,6 +972,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         // failing at the next read or snapshot.
         let existing = self.get_raw(i, &self.scratch)?.map_or(0, |v| v.len());
         self.check_size(i, existing + operand.len())?;
+        self.before_write(self.scratch.len() + operand.len());
         let cf = Arc::clone(self.cf_at(i));
         self.inst
             .db
@@ -1085,6 +1216,9 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         if metas.is_empty() {
             return Ok(SnapshotTask::ready(None));
         }
+        if self.options.incremental && options.kind == SnapshotKind::Checkpoint {
+            return self.native_snapshot(checkpoint_id, streams, metas);
+        }
         // The synchronous part: a RocksDB snapshot (a sequence number), no copy.
         let snapshot = DbSnapshot::new(self.inst.clone(), |inst| inst.db.snapshot());
         let meta = KeyedSnapshotMeta {
@@ -1158,6 +1292,22 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         }))
     }
 
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .complete(checkpoint_id);
+        Ok(())
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort(checkpoint_id);
+        Ok(())
+    }
+
     fn close(&mut self) {
         self.closed = true;
         self.running.cancel_all();
@@ -1166,6 +1316,40 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> RocksKeyedStateBackend<K> {
+    /// An incremental checkpoint: the synchronous part switches memtables
+    /// out and closes the capture gate; see [`crate::native`].
+    fn native_snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        streams: Arc<dyn CheckpointStreamFactory>,
+        states: Vec<StateMeta>,
+    ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+        let cfs: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
+        let capture_dir = PathBuf::from(format!(
+            "{}.chk-{checkpoint_id}-{}",
+            self.inst.folder().display(),
+            unique_file_name()
+        ));
+        let capture = Capture::start(self.inst.clone(), &self.gate, cfs, capture_dir)?;
+        self.held_bytes.store(0, Ordering::Relaxed);
+        let job = NativeSnapshot {
+            capture,
+            meta: KeyedSnapshotMeta {
+                max_parallelism: self.max_parallelism,
+                range: self.range,
+                key_codec: self.key_codec.schema(),
+                states,
+                delta: false,
+            },
+            uploads: self.uploads.clone(),
+            checkpoint_id,
+        };
+        Ok(SnapshotTask::new(self.running.register(), move |cancel| {
+            job.run(&*streams, cancel)
+                .map(|h| Some(KeyedStateHandle::IncrementalNative(h)))
+        }))
+    }
+
     fn handle_index(&self, core: &HandleCore) -> Result<usize> {
         self.check_open()?;
         if core.backend() != self.id || core.index() >= self.states.len() {
@@ -1185,5 +1369,16 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             .ok_or_else(|| Error::ForeignHandle {
                 name: self.states[i].meta.name.clone(),
             })
+    }
+}
+
+/// The snapshot meta a native handle stands for, to check it like a file.
+fn native_meta(n: &IncrementalNativeStateHandle) -> KeyedSnapshotMeta {
+    KeyedSnapshotMeta {
+        max_parallelism: n.max_parallelism,
+        range: n.source_range,
+        key_codec: n.key_codec.clone(),
+        states: n.states.clone(),
+        delta: false,
     }
 }

@@ -34,6 +34,7 @@
 
 pub mod keyed;
 pub mod keys;
+pub mod native;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -188,6 +188,16 @@ pub enum Error {
         /// Versions this build reads.
         supported: &'static [u16],
     },
+    /// A snapshot handle in a format this backend cannot restore (a native
+    /// handle of another backend kind, or a native layout version it does not
+    /// read).
+    #[error("{handle} cannot be restored here: {reason}")]
+    UnsupportedHandle {
+        /// The handle's first file.
+        handle: String,
+        /// Why.
+        reason: String,
+    },
     /// A structure inside a file is malformed (checksums passed, contents do not
     /// make sense).
     #[error("{file} is corrupted at offset {offset}: {reason}")]
@@ -263,7 +273,9 @@ impl Error {
             | Error::Truncated { .. }
             | Error::BadMagic { .. }
             | Error::Corrupted { .. } => ErrorKind::Corruption,
-            Error::UnsupportedVersion { .. } => ErrorKind::IncompatibleFormat,
+            Error::UnsupportedVersion { .. } | Error::UnsupportedHandle { .. } => {
+                ErrorKind::IncompatibleFormat
+            }
             Error::Codec { .. } | Error::User(_) => ErrorKind::User,
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,

@@ -75,7 +75,11 @@ impl RestoredData {
             groups: (0..range.len()).map(|_| Vec::new()).collect(),
         };
         let mut metas: Vec<StateMeta> = Vec::new();
-        for handle in handles.iter().flat_map(|h| h.pieces()) {
+        let pieces = handles
+            .iter()
+            .map(|h| h.canonical_pieces())
+            .collect::<Result<Vec<_>>>()?;
+        for handle in pieces.into_iter().flatten() {
             let reader = KeyedSnapshotReader::open(handle)?;
             let file = reader.file_name().to_string();
             let meta = reader.meta();

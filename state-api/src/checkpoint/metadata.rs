@@ -118,6 +118,12 @@ fn keyed_streams_mut(h: &mut KeyedStateHandle) -> Vec<&mut StreamStateHandle> {
         KeyedStateHandle::IncrementalHeap(i) => std::iter::once(&mut i.base.data)
             .chain(i.deltas.iter_mut().map(|d| &mut d.data))
             .collect(),
+        KeyedStateHandle::IncrementalNative(n) => n
+            .shared
+            .iter_mut()
+            .chain(n.private.iter_mut())
+            .map(|f| &mut f.data)
+            .collect(),
     }
 }
 

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::stream::StreamStateHandle;
+use crate::codec::CodecSchema;
+use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
+use crate::state::StateMeta;
 
 /// One keyed snapshot file: the key groups it holds and the offset where each
 /// key group starts. A full snapshot is one such file; an incremental heap
@@ -69,6 +72,53 @@ pub struct IncrementalKeyedStateHandle {
     pub deltas: Vec<KeyGroupsStateHandle>,
 }
 
+/// One file of a backend's native snapshot, with its checksum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeFile {
+    /// The file's name inside the backend's instance folder.
+    pub name: String,
+    /// Where its bytes are.
+    pub data: StreamStateHandle,
+    /// CRC32 (IEEE) of the bytes, checked on restore.
+    pub crc32: u32,
+}
+
+/// An incremental snapshot in a backend's native format (RocksDB's
+/// checkpoints): immutable data files shared between checkpoints, plus the
+/// files describing one checkpoint. Only a backend of the same kind restores
+/// it; savepoints are always canonical.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementalNativeStateHandle {
+    /// The checkpoint the snapshot was taken for.
+    pub checkpoint_id: u64,
+    /// The backend kind that wrote it (`"rocksdb"`).
+    pub backend: String,
+    /// Version of the backend's native layout.
+    pub format_version: u32,
+    /// The max parallelism the key groups were computed with.
+    pub max_parallelism: u32,
+    /// The key groups this handle covers (a sub-range of `source_range` after
+    /// [`KeyedStateHandle::intersection`]).
+    pub range: KeyGroupRange,
+    /// The key groups the files hold.
+    pub source_range: KeyGroupRange,
+    /// Schema of the key codec.
+    pub key_codec: CodecSchema,
+    /// The states the files hold.
+    pub states: Vec<StateMeta>,
+    /// Immutable files that later checkpoints may reference too (in `shared/`).
+    pub shared: Vec<NativeFile>,
+    /// Files of this checkpoint only.
+    pub private: Vec<NativeFile>,
+}
+
+impl IncrementalNativeStateHandle {
+    /// Every file, shared ones first.
+    pub fn files(&self) -> impl Iterator<Item = &NativeFile> {
+        self.shared.iter().chain(&self.private)
+    }
+}
+
 /// What a keyed backend's snapshot produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -77,6 +127,8 @@ pub enum KeyedStateHandle {
     KeyGroups(KeyGroupsStateHandle),
     /// An incremental heap snapshot.
     IncrementalHeap(IncrementalKeyedStateHandle),
+    /// An incremental snapshot in a backend's native format.
+    IncrementalNative(IncrementalNativeStateHandle),
 }
 
 impl From<KeyGroupsStateHandle> for KeyedStateHandle {
@@ -91,6 +143,7 @@ impl KeyedStateHandle {
         match self {
             KeyedStateHandle::KeyGroups(h) => h.checkpoint_id,
             KeyedStateHandle::IncrementalHeap(h) => h.checkpoint_id,
+            KeyedStateHandle::IncrementalNative(h) => h.checkpoint_id,
         }
     }
 
@@ -99,6 +152,7 @@ impl KeyedStateHandle {
         match self {
             KeyedStateHandle::KeyGroups(h) => h.range,
             KeyedStateHandle::IncrementalHeap(h) => h.range,
+            KeyedStateHandle::IncrementalNative(h) => h.range,
         }
     }
 
@@ -107,22 +161,44 @@ impl KeyedStateHandle {
         match self {
             KeyedStateHandle::KeyGroups(h) => h.max_parallelism,
             KeyedStateHandle::IncrementalHeap(h) => h.base.max_parallelism,
+            KeyedStateHandle::IncrementalNative(h) => h.max_parallelism,
         }
     }
 
-    /// The files (or in-memory streams) in the order a restore reads them.
+    /// The canonical-format files (or in-memory streams) in the order a
+    /// restore reads them; none for a native handle.
     pub fn pieces(&self) -> Vec<&KeyGroupsStateHandle> {
         match self {
             KeyedStateHandle::KeyGroups(h) => vec![h],
             KeyedStateHandle::IncrementalHeap(h) => {
                 std::iter::once(&h.base).chain(&h.deltas).collect()
             }
+            KeyedStateHandle::IncrementalNative(_) => Vec::new(),
+        }
+    }
+
+    /// The canonical pieces, or an [`Error::IncompatibleFormat`] for a native
+    /// handle (which only a backend of its kind restores).
+    pub fn canonical_pieces(&self) -> Result<Vec<&KeyGroupsStateHandle>> {
+        match self {
+            KeyedStateHandle::IncrementalNative(h) => Err(Error::UnsupportedHandle {
+                handle: self.describe(),
+                reason: format!(
+                    "an incremental checkpoint in {}'s native format restores only on that \
+                     backend; take a savepoint (canonical format) to change backends",
+                    h.backend
+                ),
+            }),
+            _ => Ok(self.pieces()),
         }
     }
 
     /// Every stream the handle references.
     pub fn streams(&self) -> Vec<&StreamStateHandle> {
-        self.pieces().into_iter().map(|p| &p.data).collect()
+        match self {
+            KeyedStateHandle::IncrementalNative(h) => h.files().map(|f| &f.data).collect(),
+            _ => self.pieces().into_iter().map(|p| &p.data).collect(),
+        }
     }
 
     /// Bytes of every stream the handle references (envelopes included).
@@ -132,9 +208,9 @@ impl KeyedStateHandle {
 
     /// A short description for errors.
     pub fn describe(&self) -> String {
-        self.pieces()
+        self.streams()
             .first()
-            .map(|p| p.data.describe())
+            .map(|s| s.describe())
             .unwrap_or_default()
     }
 
@@ -159,12 +235,25 @@ impl KeyedStateHandle {
                     },
                 ))
             }
+            KeyedStateHandle::IncrementalNative(h) => {
+                let r = h.range.intersection(range);
+                (!r.is_empty()).then(|| {
+                    KeyedStateHandle::IncrementalNative(IncrementalNativeStateHandle {
+                        range: r,
+                        ..h.clone()
+                    })
+                })
+            }
         }
     }
 
-    /// Bytes of the key groups covered, over all pieces.
+    /// Bytes of the key groups covered, over all pieces (of every file, for
+    /// a native handle).
     pub fn state_size(&self) -> u64 {
-        self.pieces().iter().map(|p| p.state_size()).sum()
+        match self {
+            KeyedStateHandle::IncrementalNative(_) => self.total_size(),
+            _ => self.pieces().iter().map(|p| p.state_size()).sum(),
+        }
     }
 }
 
