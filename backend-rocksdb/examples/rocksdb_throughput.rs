@@ -1,17 +1,24 @@
 //! ValueState update and get throughput on the RocksDB backend, next to the
 //! same operations on raw rust-rocksdb with the same options (WAL off, lz4,
-//! bloom filter, same block cache), in one run; then a full checkpoint and a
-//! restore at 1 and 2 subtasks.
+//! bloom filter, same block cache), in one run. Then, with incremental and
+//! with full checkpoints: a first checkpoint, a second one after 1% of the
+//! keys changed (its new bytes), and restores at 1 subtask, 1 → 2 and 2 → 1.
 //!
 //! `cargo run --release -p backend-rocksdb --example rocksdb_throughput [keys] [rounds]`
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use backend_rocksdb::RocksDbStateBackend;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backend_rocksdb::{RocksDbStateBackend, RocksKeyedStateBackend, RocksOptions};
 use rocksdb::{Options, WriteOptions, DB};
 use state_api::backend::KeyedBackendParams;
 use state_api::checkpoint::{CheckpointConfig, OperatorState, SubtaskState};
+use state_api::checkpoint::{CheckpointCoordinator, CompletedCheckpoint};
+use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::rescale::assign_keyed_state;
 use state_api::snapshot::SnapshotOptions;
 use state_api::state::access::KeyedStateBackendExt;
@@ -104,63 +111,165 @@ fn main() -> Result<()> {
         let get = t.elapsed().as_secs_f64();
         black_box(sum);
 
-        // A full checkpoint through the coordinator, then restores.
-        let mut coordinator = backend.coordinator(CheckpointConfig::default())?;
-        let pending = coordinator.begin_checkpoint()?;
-        let t = Instant::now();
-        let task = b.snapshot(
-            pending.id,
-            pending.streams.clone(),
-            SnapshotOptions::default(),
-        )?;
-        let sync = t.elapsed();
-        let handle = task.run()?.expect("state");
-        let done = coordinator.complete_checkpoint(
-            pending.id,
-            vec![OperatorState {
-                operator_id: "v".into(),
-                parallelism: 1,
-                max_parallelism: 128,
-                subtasks: vec![SubtaskState {
-                    keyed: vec![handle.clone()],
-                    ..Default::default()
-                }],
-            }],
-        )?;
-        let total = t.elapsed();
-        let t = Instant::now();
-        let mut r = backend.create_keyed_backend(
-            KeyedBackendParams::for_subtask(128, 1, 0, codec::postcard::<i64>())?,
-            std::slice::from_ref(&handle),
-        )?;
-        r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
-        let restore1 = t.elapsed();
-        drop(r);
-        let t = Instant::now();
-        for (i, part) in assign_keyed_state(&[handle], 2, 128)?.iter().enumerate() {
-            let mut r = backend.create_keyed_backend(
-                KeyedBackendParams::for_subtask(128, 2, i as u32, codec::postcard::<i64>())?,
-                part,
-            )?;
-            r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
-        }
-        let restore2 = t.elapsed();
         println!(
-            "round {round}: {keys} keys | update: backend {:.2} M/s, raw rocksdb {:.2} M/s ({:.2}x) | get: backend {:.2} M/s, raw {:.2} M/s ({:.2}x) | \
-             full checkpoint: sync {:.1} us, total {:.1} ms, {} bytes | restore 1 subtask {:.0} ms, 1->2 subtasks {:.0} ms",
+            "round {round}: {keys} keys | update: backend {:.2} M/s, raw rocksdb {:.2} M/s ({:.2}x) | get: backend {:.2} M/s, raw {:.2} M/s ({:.2}x)",
             mops(keys, put),
             mops(keys, raw_put),
             put / raw_put,
             mops(keys, get),
             mops(keys, raw_get),
             get / raw_get,
-            sync.as_secs_f64() * 1e6,
-            total.as_secs_f64() * 1e3,
-            done.metadata.files().iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>(),
-            restore1.as_secs_f64() * 1e3,
-            restore2.as_secs_f64() * 1e3,
         );
+        drop(b);
+        for incremental in [true, false] {
+            checkpoints(&root, round, keys, incremental)?;
+        }
     }
     let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+type Keyed = RocksKeyedStateBackend<i64>;
+
+fn open(
+    backend: &RocksDbStateBackend,
+    p: u32,
+    i: u32,
+    restore: &[KeyedStateHandle],
+) -> Result<Keyed> {
+    let mut r = backend.create_keyed_backend(
+        KeyedBackendParams::for_subtask(128, p, i, codec::postcard::<i64>())?,
+        restore,
+    )?;
+    r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    Ok(r)
+}
+
+/// Checkpoints `subtasks` through the coordinator: the synchronous parts'
+/// total, the time until the metadata is durable, and the checkpoint.
+fn checkpoint(
+    coordinator: &mut CheckpointCoordinator,
+    subtasks: &mut [Keyed],
+) -> Result<(Duration, Duration, CompletedCheckpoint)> {
+    let pending = coordinator.begin_checkpoint()?;
+    let start = Instant::now();
+    let mut sync = Duration::ZERO;
+    let mut tasks = Vec::new();
+    for s in subtasks.iter_mut() {
+        let t = Instant::now();
+        tasks.push(s.snapshot(
+            pending.id,
+            pending.streams.clone(),
+            SnapshotOptions::default(),
+        )?);
+        sync += t.elapsed();
+    }
+    let mut states = Vec::new();
+    for task in tasks {
+        states.push(SubtaskState {
+            keyed: task.run()?.into_iter().collect(),
+            ..Default::default()
+        });
+    }
+    let done = coordinator.complete_checkpoint(
+        pending.id,
+        vec![OperatorState {
+            operator_id: "v".into(),
+            parallelism: subtasks.len() as u32,
+            max_parallelism: 128,
+            subtasks: states,
+        }],
+    )?;
+    let total = start.elapsed();
+    for s in subtasks.iter_mut() {
+        s.notify_checkpoint_complete(pending.id)?;
+    }
+    Ok((sync, total, done))
+}
+
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Bytes `done` wrote that `before` does not reference (its metadata included).
+fn new_bytes(done: &CompletedCheckpoint, before: Option<&CompletedCheckpoint>) -> u64 {
+    let old: BTreeSet<PathBuf> = before
+        .map(|b| b.metadata.files().into_iter().collect())
+        .unwrap_or_default();
+    let files: u64 = done
+        .metadata
+        .files()
+        .iter()
+        .filter(|f| !old.contains(*f))
+        .map(|f| size(f))
+        .sum();
+    files + size(&done.metadata_path)
+}
+
+fn handles(done: &CompletedCheckpoint) -> Vec<KeyedStateHandle> {
+    done.metadata.operators[0]
+        .subtasks
+        .iter()
+        .flat_map(|s| s.keyed.clone())
+        .collect()
+}
+
+fn checkpoints(root: &Path, round: i64, keys: i64, incremental: bool) -> Result<()> {
+    let mode = if incremental { "incremental" } else { "full" };
+    let backend = RocksDbStateBackend::new(
+        &root.join(format!("work-{mode}-{round}")),
+        &root.join("checkpoints"),
+        &format!("job-{mode}-{round}"),
+    )?
+    .with_options(RocksOptions {
+        incremental,
+        ..RocksOptions::default()
+    });
+    let mut coordinator = backend.coordinator(CheckpointConfig::default())?;
+    let mut job = vec![open(&backend, 1, 0, &[])?];
+    let v = job[0].value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    for k in 0..keys {
+        job[0].set_current_key(k)?;
+        v.on(&mut job[0]).update(Some(k))?;
+    }
+    let (sync1, total1, done1) = checkpoint(&mut coordinator, &mut job)?;
+    let bytes1 = new_bytes(&done1, None);
+    for k in (0..keys).step_by(100) {
+        job[0].set_current_key(k)?;
+        v.on(&mut job[0]).update(Some(-k))?;
+    }
+    let (sync2, total2, done2) = checkpoint(&mut coordinator, &mut job)?;
+    let bytes2 = new_bytes(&done2, Some(&done1));
+    drop(job);
+    let all = handles(&done2);
+    let t = Instant::now();
+    let one = open(&backend, 1, 0, &all)?;
+    let restore1 = t.elapsed();
+    drop(one);
+    let t = Instant::now();
+    let mut two = Vec::new();
+    for (i, part) in assign_keyed_state(&all, 2, 128)?.iter().enumerate() {
+        two.push(open(&backend, 2, i as u32, part)?);
+    }
+    let restore12 = t.elapsed();
+    let (_, _, done3) = checkpoint(&mut coordinator, &mut two)?;
+    drop(two);
+    let parts = assign_keyed_state(&handles(&done3), 1, 128)?;
+    let t = Instant::now();
+    let merged = open(&backend, 1, 0, &parts[0])?;
+    let restore21 = t.elapsed();
+    drop(merged);
+    println!(
+        "  {mode:>11} checkpoints: first sync {:.2} ms, total {:.0} ms, {} bytes | after 1% changed: sync {:.2} ms, total {:.1} ms, {} new bytes | restore 1 subtask {:.0} ms, 1->2 {:.0} ms, 2->1 {:.0} ms",
+        sync1.as_secs_f64() * 1e3,
+        total1.as_secs_f64() * 1e3,
+        bytes1,
+        sync2.as_secs_f64() * 1e3,
+        total2.as_secs_f64() * 1e3,
+        bytes2,
+        restore1.as_secs_f64() * 1e3,
+        restore12.as_secs_f64() * 1e3,
+        restore21.as_secs_f64() * 1e3,
+    );
     Ok(())
 }
