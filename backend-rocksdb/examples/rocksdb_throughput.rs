@@ -18,6 +18,7 @@ use rocksdb::{Options, WriteOptions, DB};
 use state_api::backend::KeyedBackendParams;
 use state_api::checkpoint::{CheckpointConfig, OperatorState, SubtaskState};
 use state_api::checkpoint::{CheckpointCoordinator, CompletedCheckpoint};
+use state_api::key_group::key_group_for_bytes;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::rescale::assign_keyed_state;
 use state_api::snapshot::SnapshotOptions;
@@ -29,6 +30,60 @@ fn mops(n: i64, secs: f64) -> f64 {
     n as f64 / secs / 1e6
 }
 
+/// Puts then gets `keys` i64 keys on raw rust-rocksdb with the backend's
+/// options (WAL off, lz4, bloom filter, 64 MiB block cache), keyed by the
+/// postcard bytes of the key: alone (what a plain RocksDB user writes) or,
+/// with `key_groups`, in the backend's exact layout (key-group prefix,
+/// lengths, empty namespace). Returns the seconds of each phase.
+fn raw(dir: &Path, keys: i64, key_groups: bool) -> Result<(f64, f64)> {
+    let err = |e: rocksdb::Error| state_api::Error::user(e.into_string());
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
+    opts.set_block_based_table_factory(&table);
+    let db = DB::open(&opts, dir).map_err(err)?;
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    let codec = codec::postcard::<i64>();
+    let mut key = Vec::new();
+    let mut val = Vec::new();
+    let mut kb = Vec::new();
+    let mut raw_key = |k: i64, key: &mut Vec<u8>| -> Result<()> {
+        kb.clear();
+        codec.encode(&k, &mut kb).map_err(state_api::Error::user)?;
+        key.clear();
+        if key_groups {
+            key.push(key_group_for_bytes(&kb, 128)? as u8);
+            key.push(kb.len() as u8);
+            key.extend_from_slice(&kb);
+            key.push(0);
+        } else {
+            key.extend_from_slice(&kb);
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    for k in 0..keys {
+        raw_key(k, &mut key)?;
+        val.clear();
+        codec.encode(&k, &mut val).map_err(state_api::Error::user)?;
+        db.put_opt(&key, &val, &wo).map_err(err)?;
+    }
+    let put = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut sum = 0usize;
+    for k in 0..keys {
+        raw_key(k, &mut key)?;
+        sum += db.get_pinned(&key).map_err(err)?.map_or(0, |v| v.len());
+    }
+    let get = t.elapsed().as_secs_f64();
+    black_box(sum);
+    Ok((put, get))
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<i64>());
     let keys = args.next().and_then(|r| r.ok()).unwrap_or(1_000_000);
@@ -36,56 +91,8 @@ fn main() -> Result<()> {
     let root = std::env::temp_dir().join(format!("rocksdb-throughput-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     for round in 0..rounds {
-        // Raw rust-rocksdb: the same key bytes our layout writes for the
-        // default column family of one state, WAL off.
-        let raw_dir = root.join(format!("raw-{round}"));
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_bloom_filter(10.0, false);
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
-        opts.set_block_based_table_factory(&table);
-        let db = DB::open(&opts, &raw_dir).map_err(|e| state_api::Error::user(e.into_string()))?;
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        let mut key = Vec::new();
-        let mut val = Vec::new();
-        let raw_key = |k: i64, key: &mut Vec<u8>| {
-            key.clear();
-            key.push(0);
-            let mut kb = Vec::new();
-            codec::postcard::<i64>()
-                .encode(&k, &mut kb)
-                .map_err(state_api::Error::user)?;
-            key.push(kb.len() as u8);
-            key.extend_from_slice(&kb);
-            key.push(0);
-            Ok::<(), state_api::Error>(())
-        };
-        let t = Instant::now();
-        for k in 0..keys {
-            raw_key(k, &mut key)?;
-            val.clear();
-            codec::postcard::<i64>()
-                .encode(&k, &mut val)
-                .map_err(state_api::Error::user)?;
-            db.put_opt(&key, &val, &wo)
-                .map_err(|e| state_api::Error::user(e.into_string()))?;
-        }
-        let raw_put = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let mut sum = 0usize;
-        for k in 0..keys {
-            raw_key(k, &mut key)?;
-            sum += db
-                .get_pinned(&key)
-                .map_err(|e| state_api::Error::user(e.into_string()))?
-                .map_or(0, |v| v.len());
-        }
-        let raw_get = t.elapsed().as_secs_f64();
-        black_box(sum);
-        drop(db);
+        let (raw_put, raw_get) = raw(&root.join(format!("raw-{round}")), keys, false)?;
+        let (kg_put, kg_get) = raw(&root.join(format!("raw-kg-{round}")), keys, true)?;
 
         // The backend.
         let backend = RocksDbStateBackend::new(
@@ -112,13 +119,17 @@ fn main() -> Result<()> {
         black_box(sum);
 
         println!(
-            "round {round}: {keys} keys | update: backend {:.2} M/s, raw rocksdb {:.2} M/s ({:.2}x) | get: backend {:.2} M/s, raw {:.2} M/s ({:.2}x)",
+            "round {round}: {keys} keys | update: backend {:.2} M/s; raw rocksdb {:.2} M/s ({:.2}x), with our key bytes {:.2} M/s ({:.2}x) | get: backend {:.2} M/s; raw {:.2} M/s ({:.2}x), with our key bytes {:.2} M/s ({:.2}x)",
             mops(keys, put),
             mops(keys, raw_put),
             put / raw_put,
+            mops(keys, kg_put),
+            put / kg_put,
             mops(keys, get),
             mops(keys, raw_get),
             get / raw_get,
+            mops(keys, kg_get),
+            get / kg_get,
         );
         drop(b);
         for incremental in [true, false] {

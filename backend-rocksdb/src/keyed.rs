@@ -113,10 +113,14 @@ self_cell::self_cell!(
     }
 );
 
-pub(crate) fn rocks_err(db: &str, what: &str) -> impl FnOnce(rocksdb::Error) -> Error {
-    let context = format!("RocksDB {db}: {what}");
+/// Wraps a RocksDB error; the message is only formatted when there is one
+/// (this sits on every access).
+pub(crate) fn rocks_err<'a>(
+    db: &'a str,
+    what: &'a str,
+) -> impl FnOnce(rocksdb::Error) -> Error + 'a {
     move |e| Error::Io {
-        context,
+        context: format!("RocksDB {db}: {what}"),
         source: std::io::Error::other(e.into_string()),
     }
 }
@@ -220,6 +224,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     cache: Cache,
     options: RocksOptions,
     write_options: WriteOptions,
+    /// Read options of point lookups, made once (not per access).
+    read_options: ReadOptions,
     current: Option<K>,
     current_group: u32,
     /// Key-group prefix, key length and key bytes of the current key.
@@ -326,6 +332,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             cache,
             options,
             write_options,
+            read_options: ReadOptions::default(),
             current: None,
             current_group: 0,
             key_prefix: Vec::with_capacity(64),
@@ -617,10 +624,9 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     }
 
     fn get_raw(&self, index: usize, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
-        let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
-            .get_pinned_cf(&cf, key)
+            .get_pinned_cf_opt(self.cf_at(index), key, &self.read_options)
             .map_err(rocks_err(self.db_name(), "get"))
     }
 
@@ -657,30 +663,29 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     fn put_raw(&self, index: usize, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_size(index, value.len())?;
         self.before_write(key.len() + value.len());
-        let cf = Arc::clone(self.cf_at(index));
         self.inst
             .db
-            .put_cf_opt(&cf, key, value, &self.write_options)
+            .put_cf_opt(self.cf_at(index), key, value, &self.write_options)
             .map_err(rocks_err(self.db_name(), "put"))
     }
 
     fn delete_raw(&self, index: usize, key: &[u8]) -> Result<()> {
         self.before_write(key.len());
-        let cf = Arc::clone(self.cf_at(index));
+        let cf = self.cf_at(index);
         self.inst
             .db
-            .delete_cf_opt(&cf, key, &self.write_options)
+            .delete_cf_opt(cf, key, &self.write_options)
             .map_err(rocks_err(self.db_name(), "delete"))
     }
 
     fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
         self.before_write(2 * prefix.len());
-        let cf = Arc::clone(self.cf_at(index));
+        let cf = self.cf_at(index);
         match keys::successor(prefix) {
             Some(end) => self
                 .inst
                 .db
-                .delete_range_cf_opt(&cf, prefix, &end, &self.write_options)
+                .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
                 .map_err(rocks_err(self.db_name(), "delete range")),
             None => Ok(()),
         }
@@ -692,8 +697,8 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         index: usize,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let cf = Arc::clone(self.cf_at(index));
-        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        let cf = self.cf_at(index);
+        let mut it = self.inst.db.raw_iterator_cf(cf);
         it.seek_to_first();
         let mut last: Vec<u8> = Vec::new();
         while let Some(k) = it.key() {
@@ -973,10 +978,10 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         let existing = self.get_raw(i, &self.scratch)?.map_or(0, |v| v.len());
         self.check_size(i, existing + operand.len())?;
         self.before_write(self.scratch.len() + operand.len());
-        let cf = Arc::clone(self.cf_at(i));
+        let cf = self.cf_at(i);
         self.inst
             .db
-            .merge_cf_opt(&cf, &self.scratch, operand, &self.write_options)
+            .merge_cf_opt(cf, &self.scratch, operand, &self.write_options)
             .map_err(rocks_err(self.db_name(), "merge"))
     }
 
@@ -1092,9 +1097,9 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     ) -> Result<Vec<(UK, UV)>> {
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
         let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
-        let cf = Arc::clone(self.cf_at(i));
+        let cf = self.cf_at(i);
         let prefix = self.scratch.clone();
-        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        let mut it = self.inst.db.raw_iterator_cf(cf);
         it.seek(&prefix);
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -1123,8 +1128,8 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         namespace: &N,
     ) -> Result<bool> {
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
-        let cf = Arc::clone(self.cf_at(i));
-        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        let cf = self.cf_at(i);
+        let mut it = self.inst.db.raw_iterator_cf(cf);
         it.seek(&self.scratch);
         let empty = !it.key().is_some_and(|k| k.starts_with(&self.scratch));
         it.status()
