@@ -4,7 +4,7 @@
 //! with full checkpoints: a first checkpoint, a second one after 1% of the
 //! keys changed (its new bytes), and restores at 1 subtask, 1 → 2 and 2 → 1.
 //!
-//! `cargo run --release -p backend-rocksdb --example rocksdb_throughput [keys] [rounds]`
+//! `cargo run --release -p backend-rocksdb --example rocksdb_throughput [keys] [rounds] [sequential|random]`
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -26,6 +26,18 @@ use state_api::state::access::KeyedStateBackendExt;
 use state_api::state::descriptor::ValueStateDescriptor;
 use state_api::{codec, KeyedStateBackend, Result, StateBackend};
 
+/// The `i`-th key visited: `i` itself, or a fixed permutation of `0..keys`.
+fn order(i: i64, keys: i64, random: bool) -> i64 {
+    // A prime, so coprime with any smaller count: i -> i * STEP mod keys is
+    // a permutation that jumps around the whole range.
+    const STEP: i128 = 2_654_435_761;
+    if random && keys > 0 {
+        (i as i128 * STEP % keys as i128) as i64
+    } else {
+        i
+    }
+}
+
 fn mops(n: i64, secs: f64) -> f64 {
     n as f64 / secs / 1e6
 }
@@ -35,7 +47,7 @@ fn mops(n: i64, secs: f64) -> f64 {
 /// postcard bytes of the key: alone (what a plain RocksDB user writes) or,
 /// with `key_groups`, in the backend's exact layout (key-group prefix,
 /// lengths, empty namespace). Returns the seconds of each phase.
-fn raw(dir: &Path, keys: i64, key_groups: bool) -> Result<(f64, f64)> {
+fn raw(dir: &Path, keys: i64, key_groups: bool, random: bool) -> Result<(f64, f64)> {
     let err = |e: rocksdb::Error| state_api::Error::user(e.into_string());
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -66,7 +78,7 @@ fn raw(dir: &Path, keys: i64, key_groups: bool) -> Result<(f64, f64)> {
         Ok(())
     };
     let t = Instant::now();
-    for k in 0..keys {
+    for k in (0..keys).map(|i| order(i, keys, random)) {
         raw_key(k, &mut key)?;
         val.clear();
         codec.encode(&k, &mut val).map_err(state_api::Error::user)?;
@@ -75,7 +87,7 @@ fn raw(dir: &Path, keys: i64, key_groups: bool) -> Result<(f64, f64)> {
     let put = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut sum = 0usize;
-    for k in 0..keys {
+    for k in (0..keys).map(|i| order(i, keys, random)) {
         raw_key(k, &mut key)?;
         sum += db.get_pinned(&key).map_err(err)?.map_or(0, |v| v.len());
     }
@@ -88,11 +100,14 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<i64>());
     let keys = args.next().and_then(|r| r.ok()).unwrap_or(1_000_000);
     let rounds = args.next().and_then(|r| r.ok()).unwrap_or(3);
+    // "random": visit the keys in a fixed pseudo-random permutation instead
+    // of 0, 1, 2, ... (which favours keys without a key-group prefix).
+    let random = std::env::args().nth(3).is_some_and(|a| a == "random");
     let root = std::env::temp_dir().join(format!("rocksdb-throughput-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     for round in 0..rounds {
-        let (raw_put, raw_get) = raw(&root.join(format!("raw-{round}")), keys, false)?;
-        let (kg_put, kg_get) = raw(&root.join(format!("raw-kg-{round}")), keys, true)?;
+        let (raw_put, raw_get) = raw(&root.join(format!("raw-{round}")), keys, false, random)?;
+        let (kg_put, kg_get) = raw(&root.join(format!("raw-kg-{round}")), keys, true, random)?;
 
         // The backend.
         let backend = RocksDbStateBackend::new(
@@ -104,14 +119,14 @@ fn main() -> Result<()> {
         let mut b = backend.create_keyed_backend(params, &[])?;
         let v = b.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
         let t = Instant::now();
-        for k in 0..keys {
+        for k in (0..keys).map(|i| order(i, keys, random)) {
             b.set_current_key(k)?;
             v.on(&mut b).update(Some(k))?;
         }
         let put = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut sum = 0i64;
-        for k in 0..keys {
+        for k in (0..keys).map(|i| order(i, keys, random)) {
             b.set_current_key(k)?;
             sum = sum.wrapping_add(v.on(&mut b).get()?.unwrap_or(0));
         }

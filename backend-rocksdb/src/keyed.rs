@@ -3,6 +3,7 @@
 //! through a merge operator.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +37,7 @@ use state_api::state::handle::{
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue, StorageShape};
 use state_api::{Error, KeyGroupRange, Result};
 
+use crate::buffer::WriteBuffer;
 use crate::keys::{self, decode, put_entry_key, put_prefix};
 use crate::native::{self, Capture, CaptureGate, FolderGuard, NativeSnapshot, Uploads};
 
@@ -226,6 +228,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     write_options: WriteOptions,
     /// Read options of point lookups, made once (not per access).
     read_options: ReadOptions,
+    /// Writes not yet in RocksDB; reads see them first.
+    buffer: RefCell<WriteBuffer>,
     current: Option<K>,
     current_group: u32,
     /// Key-group prefix, key length and key bytes of the current key.
@@ -333,6 +337,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             options,
             write_options,
             read_options: ReadOptions::default(),
+            buffer: RefCell::default(),
             current: None,
             current_group: 0,
             key_prefix: Vec::with_capacity(64),
@@ -561,6 +566,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         cf_name: &str,
         convert: impl Fn(&[u8]) -> Result<Vec<u8>>,
     ) -> Result<()> {
+        self.flush_buffer()?;
         let cf = self.cf(cf_name)?;
         let mut batch = WriteBatch::default();
         let mut it = self.inst.db.raw_iterator_cf(&cf);
@@ -644,15 +650,15 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
     /// Accounts for a write while an incremental checkpoint captures its
     /// files, waiting for the capture before the new memtable could fill.
     #[inline]
-    fn before_write(&self, bytes: usize) {
+    fn before_write(&self, bytes: usize, entries: usize) {
         if self.gate.is_pending() {
-            self.hold(bytes);
+            self.hold(bytes, entries);
         }
     }
 
     #[cold]
-    fn hold(&self, bytes: usize) {
-        let add = bytes + native::MEMTABLE_ENTRY_OVERHEAD;
+    fn hold(&self, bytes: usize, entries: usize) {
+        let add = bytes + entries * native::MEMTABLE_ENTRY_OVERHEAD;
         let held = self.held_bytes.fetch_add(add, Ordering::Relaxed) + add;
         if held > self.options.write_buffer_bytes / 4 {
             self.gate.settle();
@@ -660,26 +666,58 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
     }
 
+    /// Calls `f` with the current value of `key`: the buffered write, else
+    /// what RocksDB holds.
+    fn with_value<R>(
+        &self,
+        index: usize,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R>,
+    ) -> Result<R> {
+        if let Some(slot) = self.buffer.borrow().get(index, key) {
+            return f(slot);
+        }
+        let raw = self.get_raw(index, key)?;
+        f(raw.as_deref())
+    }
+
     fn put_raw(&self, index: usize, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_size(index, value.len())?;
-        self.before_write(key.len() + value.len());
-        self.inst
-            .db
-            .put_cf_opt(self.cf_at(index), key, value, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "put"))
+        let full = self.buffer.borrow_mut().put(index, key, Some(value));
+        if full {
+            self.flush_buffer()?;
+        }
+        Ok(())
     }
 
     fn delete_raw(&self, index: usize, key: &[u8]) -> Result<()> {
-        self.before_write(key.len());
-        let cf = self.cf_at(index);
+        let full = self.buffer.borrow_mut().put(index, key, None);
+        if full {
+            self.flush_buffer()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered writes into RocksDB as one batch, sorted by key
+    /// (sorted inserts are what RocksDB's memtable does fastest).
+    fn flush_buffer(&self) -> Result<()> {
+        let mut buffer = self.buffer.borrow_mut();
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let (bytes, count) = buffer.drain_into(&mut batch, self.handles.borrow_dependent());
+        drop(buffer);
+        self.before_write(bytes, count);
         self.inst
             .db
-            .delete_cf_opt(cf, key, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "delete"))
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks_err(self.db_name(), "write"))
     }
 
     fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
-        self.before_write(2 * prefix.len());
+        self.flush_buffer()?;
+        self.before_write(2 * prefix.len(), 1);
         let cf = self.cf_at(index);
         match keys::successor(prefix) {
             Some(end) => self
@@ -697,6 +735,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         index: usize,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
+        self.flush_buffer()?;
         let cf = self.cf_at(index);
         let mut it = self.inst.db.raw_iterator_cf(cf);
         it.seek_to_first();
@@ -865,16 +904,15 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         read: impl FnOnce(Option<&V>) -> R,
     ) -> Result<R> {
         let i = self.locate::<CellCodecs<N, V>, N>(state.core(), namespace)?;
-        let raw = self.get_raw(i, &self.scratch)?;
-        let value = match raw {
-            Some(bytes) => Some(
+        let value = self.with_value(i, &self.scratch, |raw| {
+            raw.map(|bytes| {
                 self.codecs::<CellCodecs<N, V>>(i)
                     .value
-                    .decode(&bytes)
-                    .map_err(|e| codec_error(state.core().name(), "value", e))?,
-            ),
-            None => None,
-        };
+                    .decode(bytes)
+                    .map_err(|e| codec_error(state.core().name(), "value", e))
+            })
+            .transpose()
+        })?;
         Ok(read(value.as_ref()))
     }
 
@@ -936,18 +974,20 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         read: impl FnOnce(&[T]) -> R,
     ) -> Result<R> {
         let i = self.locate::<ListCodecs<N, T>, N>(state.core(), namespace)?;
-        let raw = self.get_raw(i, &self.scratch)?;
-        let mut out = Vec::new();
-        if let Some(bytes) = raw {
-            let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
-            for e in list_elements(&bytes, self.db_name()) {
-                out.push(
-                    codec
-                        .decode(e?)
-                        .map_err(|e| codec_error(state.core().name(), "element", e))?,
-                );
+        let out = self.with_value(i, &self.scratch, |raw| {
+            let mut out = Vec::new();
+            if let Some(bytes) = raw {
+                let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
+                for e in list_elements(bytes, self.db_name()) {
+                    out.push(
+                        codec
+                            .decode(e?)
+                            .map_err(|e| codec_error(state.core().name(), "element", e))?,
+                    );
+                }
             }
-        }
+            Ok(out)
+        })?;
         Ok(read(&out))
     }
 
@@ -975,9 +1015,14 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         }
         // Refuse now what would make the merged list too large, instead of
         // failing at the next read or snapshot.
-        let existing = self.get_raw(i, &self.scratch)?.map_or(0, |v| v.len());
+        let existing = self.with_value(i, &self.scratch, |v| Ok(v.map_or(0, <[u8]>::len)))?;
         self.check_size(i, existing + operand.len())?;
-        self.before_write(self.scratch.len() + operand.len());
+        // A buffered list takes the elements in place (appending to the
+        // encoded list is what the merge operator does).
+        if self.buffer.borrow_mut().append(i, &self.scratch, &operand) {
+            return Ok(());
+        }
+        self.before_write(self.scratch.len() + operand.len(), 1);
         let cf = self.cf_at(i);
         self.inst
             .db
@@ -1036,16 +1081,15 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
             .user_key
             .encode(user_key, &mut key)
             .map_err(|e| codec_error(state.core().name(), "user key", e))?;
-        let raw = self.get_raw(i, &key)?;
-        let value = match raw {
-            Some(b) => Some(
+        let value = self.with_value(i, &key, |raw| {
+            raw.map(|b| {
                 codecs
                     .user_value
-                    .decode(&b)
-                    .map_err(|e| codec_error(state.core().name(), "user value", e))?,
-            ),
-            None => None,
-        };
+                    .decode(b)
+                    .map_err(|e| codec_error(state.core().name(), "user value", e))
+            })
+            .transpose()
+        })?;
         Ok(read(value.as_ref()))
     }
 
@@ -1095,6 +1139,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         state: &MapHandle<N, UK, UV>,
         namespace: &N,
     ) -> Result<Vec<(UK, UV)>> {
+        self.flush_buffer()?;
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
         let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
         let cf = self.cf_at(i);
@@ -1127,6 +1172,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         state: &MapHandle<N, UK, UV>,
         namespace: &N,
     ) -> Result<bool> {
+        self.flush_buffer()?;
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
         let cf = self.cf_at(i);
         let mut it = self.inst.db.raw_iterator_cf(cf);
@@ -1189,6 +1235,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn num_entries(&self) -> Result<usize> {
+        self.flush_buffer()?;
         self.check_open()?;
         let mut n = 0;
         for name in self.metas().iter().map(|m| m.name.clone()) {
@@ -1216,6 +1263,8 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         streams: Arc<dyn CheckpointStreamFactory>,
         options: SnapshotOptions,
     ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+        self.check_open()?;
+        self.flush_buffer()?;
         self.check_open()?;
         let metas = self.metas();
         if metas.is_empty() {
@@ -1314,6 +1363,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn close(&mut self) {
+        self.buffer.borrow_mut().clear();
         self.closed = true;
         self.running.cancel_all();
         self.current = None;

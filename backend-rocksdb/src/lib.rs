@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod buffer;
 pub mod keyed;
 pub mod keys;
 pub mod native;

@@ -60,3 +60,88 @@ fn oversized_values_and_lists_are_refused_when_written() -> Result<()> {
     assert_eq!(l.on(&mut r).get()?.map(|l| l.len()), Some(9));
     Ok(())
 }
+
+/// Many more writes than the write buffer holds, mixing puts, deletes, list
+/// appends and map updates across its flushes, read back against a model
+/// before and after a checkpoint of either kind.
+#[test]
+fn writes_across_write_buffer_flushes_read_back_exactly() -> Result<()> {
+    use state_api::state::descriptor::MapStateDescriptor;
+    use std::collections::BTreeMap;
+    let keys = (backend_rocksdb::buffer::MAX_BUFFERED_ENTRIES as u64) * 3;
+    for incremental in [true, false] {
+        let backend = TempDirBackend::new(move |dir| {
+            Ok(
+                RocksDbStateBackend::new(&dir.join("work"), &dir.join("checkpoints"), "job")?
+                    .with_options(RocksOptions {
+                        incremental,
+                        ..Default::default()
+                    }),
+            )
+        });
+        let mut b = keyed::<_, u64>(&backend, MAX_PARALLELISM, 1, 0, &[])?;
+        let v = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+        let l = b.list_state(&ListStateDescriptor::<u64>::new("l"))?;
+        let m = b.map_state(&MapStateDescriptor::<u64, u64>::new("m"))?;
+        let mut values = BTreeMap::new();
+        let mut lists: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut maps: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
+        for round in 0..3u64 {
+            for k in 0..keys {
+                b.set_current_key(k)?;
+                match (k + round) % 5 {
+                    0 => {
+                        v.on(&mut b).clear()?;
+                        values.remove(&k);
+                    }
+                    _ => {
+                        v.on(&mut b).update(Some(k * 10 + round))?;
+                        values.insert(k, k * 10 + round);
+                    }
+                }
+                if k % 7 == round {
+                    l.on(&mut b).add(round)?;
+                    lists.entry(k).or_default().push(round);
+                }
+                if k % 11 == 0 {
+                    m.on(&mut b).put(round % 2, k + round)?;
+                    maps.entry(k).or_default().insert(round % 2, k + round);
+                    if round == 2 && k % 22 == 0 {
+                        m.on(&mut b).remove(&0)?;
+                        maps.entry(k).or_default().remove(&0);
+                    }
+                }
+            }
+        }
+        type Backend = backend_rocksdb::RocksKeyedStateBackend<u64>;
+        type Handles = (
+            state_api::state::access::ValueState<u64>,
+            state_api::state::access::ListState<u64>,
+            state_api::state::access::MapState<u64, u64>,
+        );
+        let read = |b: &mut Backend, (v, l, m): &Handles| -> Result<()> {
+            for k in 0..keys {
+                b.set_current_key(k)?;
+                assert_eq!(v.on(b).get()?, values.get(&k).copied(), "value {k}");
+                assert_eq!(l.on(b).get()?, lists.get(&k).cloned(), "list {k}");
+                let entries: BTreeMap<u64, u64> = m.on(b).entries()?.into_iter().collect();
+                assert_eq!(
+                    entries,
+                    maps.get(&k).cloned().unwrap_or_default(),
+                    "map {k}"
+                );
+            }
+            Ok(())
+        };
+        read(&mut b, &(v, l, m))?;
+        let h = snapshot(&backend, &mut b, 1)?.expect("state");
+        let mut r = keyed::<_, u64>(&backend, MAX_PARALLELISM, 1, 0, &[h])?;
+        let handles = (
+            r.value_state(&ValueStateDescriptor::<u64>::new("v"))?,
+            r.list_state(&ListStateDescriptor::<u64>::new("l"))?,
+            r.map_state(&MapStateDescriptor::<u64, u64>::new("m"))?,
+        );
+        read(&mut r, &handles)?;
+    }
+    Ok(())
+}
