@@ -55,6 +55,10 @@ pub struct RocksOptions {
     pub bloom_bits_per_key: f64,
     /// Memtable size per column family, in bytes.
     pub write_buffer_bytes: usize,
+    /// Size of a whole-key bloom filter in each memtable, as a fraction of
+    /// the memtable (0 turns it off); it lets gets of absent keys skip the
+    /// memtable search.
+    pub memtable_bloom_ratio: f64,
     /// Largest value (or merged list) a state may hold; larger writes are
     /// refused when they are made. At most the canonical format's record limit.
     pub max_value_bytes: usize,
@@ -70,6 +74,7 @@ impl Default for RocksOptions {
             block_cache_bytes: 64 << 20,
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 64 << 20,
+            memtable_bloom_ratio: 0.0,
             max_value_bytes: MAX_FRAME_PAYLOAD - 4096,
             incremental: true,
         }
@@ -144,6 +149,10 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
     o.set_merge_operator_associative(LIST_MERGE_OPERATOR, list_append);
     o.set_compression_type(DBCompressionType::Lz4);
     o.set_write_buffer_size(options.write_buffer_bytes);
+    if options.memtable_bloom_ratio > 0.0 {
+        o.set_memtable_prefix_bloom_ratio(options.memtable_bloom_ratio);
+        o.set_memtable_whole_key_filtering(true);
+    }
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     if options.bloom_bits_per_key > 0.0 {
