@@ -232,6 +232,17 @@ fn new_bytes(done: &CompletedCheckpoint, before: Option<&CompletedCheckpoint>) -
     files + size(&done.metadata_path)
 }
 
+/// Of those, the bytes of new SST files (in `shared/`).
+fn new_sst_bytes(done: &CompletedCheckpoint, before: &CompletedCheckpoint) -> u64 {
+    let old: BTreeSet<PathBuf> = before.metadata.files().into_iter().collect();
+    done.metadata
+        .files()
+        .iter()
+        .filter(|f| !old.contains(*f) && f.parent().is_some_and(|p| p.ends_with("shared")))
+        .map(|f| size(f))
+        .sum()
+}
+
 fn handles(done: &CompletedCheckpoint) -> Vec<KeyedStateHandle> {
     done.metadata.operators[0]
         .subtasks
@@ -266,6 +277,7 @@ fn checkpoints(root: &Path, round: i64, keys: i64, incremental: bool) -> Result<
     }
     let (sync2, total2, done2) = checkpoint(&mut coordinator, &mut job)?;
     let bytes2 = new_bytes(&done2, Some(&done1));
+    let sst2 = new_sst_bytes(&done2, &done1);
     drop(job);
     let all = handles(&done2);
     let t = Instant::now();
@@ -286,13 +298,14 @@ fn checkpoints(root: &Path, round: i64, keys: i64, incremental: bool) -> Result<
     let restore21 = t.elapsed();
     drop(merged);
     println!(
-        "  {mode:>11} checkpoints: first sync {:.2} ms, total {:.0} ms, {} bytes | after 1% changed: sync {:.2} ms, total {:.1} ms, {} new bytes | restore 1 subtask {:.0} ms, 1->2 {:.0} ms, 2->1 {:.0} ms",
+        "  {mode:>11} checkpoints: first sync {:.2} ms, total {:.0} ms, {} bytes | after 1% changed: sync {:.2} ms, total {:.1} ms, {} new bytes ({} in new SSTs) | restore 1 subtask {:.0} ms, 1->2 {:.0} ms, 2->1 {:.0} ms",
         sync1.as_secs_f64() * 1e3,
         total1.as_secs_f64() * 1e3,
         bytes1,
         sync2.as_secs_f64() * 1e3,
         total2.as_secs_f64() * 1e3,
         bytes2,
+        sst2,
         restore1.as_secs_f64() * 1e3,
         restore12.as_secs_f64() * 1e3,
         restore21.as_secs_f64() * 1e3,
