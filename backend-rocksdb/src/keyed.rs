@@ -394,7 +394,20 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         for name in &states {
             self.create_cf(name)?;
         }
-        native::copy_key_groups(&source, file, &self.inst, &states, range, self.prefix_len)
+        let scratch = PathBuf::from(format!("{}.ingest-{i}", self.inst.folder().display()));
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| Error::io(format!("creating {}", scratch.display()), e))?;
+        let _scratch_guard = FolderGuard(scratch.clone());
+        native::copy_key_groups(
+            &source,
+            file,
+            &self.inst,
+            &states,
+            range,
+            self.prefix_len,
+            &column_family_options(&self.options, &self.cache),
+            &scratch,
+        )
     }
 
     fn db_name(&self) -> &str {

@@ -39,7 +39,9 @@ use std::time::Duration;
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::properties::{PropName, BACKGROUND_ERRORS, NUM_IMMUTABLE_MEM_TABLE};
-use rocksdb::{FlushOptions, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    FlushOptions, IngestExternalFileOptions, Options, ReadOptions, SstFileWriter, WriteOptions,
+};
 use state_api::format::keyed::KeyedSnapshotMeta;
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, NativeFile};
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope, StreamStateHandle};
@@ -499,7 +501,10 @@ pub(crate) fn clip(
 }
 
 /// Copies the key groups `range` of every column family of `source` into
-/// `target` (creating missing column families with `create`).
+/// `target`: each column family's entries (already sorted) are written into
+/// one SST file in `scratch` with `sst_options` and ingested, which skips the
+/// memtable and its flush.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_key_groups(
     source: &Db,
     source_name: &str,
@@ -507,12 +512,12 @@ pub(crate) fn copy_key_groups(
     cfs: &[String],
     range: KeyGroupRange,
     plen: usize,
+    sst_options: &Options,
+    scratch: &Path,
 ) -> Result<()> {
-    let mut opts = WriteOptions::default();
-    opts.disable_wal(true);
     let lower = keys::prefix(range.start(), plen);
     let upper = keys::prefix(range.end_exclusive(), plen);
-    for name in cfs {
+    for (i, name) in cfs.iter().enumerate() {
         let (Some(from), Some(to)) = (source.cf_handle(name), target.db.cf_handle(name)) else {
             continue;
         };
@@ -521,23 +526,32 @@ pub(crate) fn copy_key_groups(
         read.fill_cache(false);
         let mut it = source.raw_iterator_cf_opt(&from, read);
         it.seek(&lower);
-        let mut batch = WriteBatch::default();
+        let path = scratch.join(format!("ingest-{i}.sst"));
+        let mut writer = SstFileWriter::create(sst_options);
+        let written = rocks_err(&target.name, "writing an SST to ingest");
+        writer.open(&path).map_err(written)?;
+        let mut any = false;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            batch.put_cf(&to, k, v);
-            if batch.size_in_bytes() > 4 << 20 {
-                target
-                    .db
-                    .write_opt(std::mem::take(&mut batch), &opts)
-                    .map_err(rocks_err(&target.name, "restoring"))?;
-            }
+            writer
+                .put(k, v)
+                .map_err(rocks_err(&target.name, "writing an SST to ingest"))?;
+            any = true;
             it.next();
         }
         it.status()
             .map_err(rocks_err(source_name, "reading a restored checkpoint"))?;
+        if !any {
+            continue;
+        }
+        writer
+            .finish()
+            .map_err(rocks_err(&target.name, "writing an SST to ingest"))?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
         target
             .db
-            .write_opt(batch, &opts)
-            .map_err(rocks_err(&target.name, "restoring"))?;
+            .ingest_external_file_cf_opts(&to, &ingest, vec![&path])
+            .map_err(rocks_err(&target.name, "ingesting restored key groups"))?;
     }
     Ok(())
 }
