@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use state_api::backend::KeyedBackendParams;
 use state_api::checkpoint::layout::unique_file_name;
-use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage};
+use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage, Storage};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;
@@ -80,6 +80,13 @@ impl RocksDbStateBackend {
     pub fn with_inline_threshold(mut self, bytes: usize) -> Result<Self> {
         self.storage = self.storage.with_inline_threshold(bytes)?;
         Ok(self)
+    }
+
+    /// Uses `storage` for every checkpoint file operation (for fault
+    /// injection in tests); RocksDB's own files stay local.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = self.storage.with_storage(storage);
+        self
     }
 
     /// Where the job's checkpoints go.

@@ -12,6 +12,7 @@
 //! a directory can create a temporary one in it.
 
 pub mod cases;
+pub mod crash;
 pub mod harness;
 pub mod job;
 pub mod model;
