@@ -1287,7 +1287,6 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
         self.check_open()?;
         self.flush_buffer()?;
-        self.check_open()?;
         let metas = self.metas();
         if metas.is_empty() {
             return Ok(SnapshotTask::ready(None));

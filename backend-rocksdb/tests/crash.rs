@@ -1,11 +1,11 @@
 //! Crash consistency of the RocksDB backend (see `conformance_tests::crash`):
-//! 100 SIGKILLed checkpointing processes (2,000 in the ignored long run) and a
+//! 100 SIGKILLed checkpointing processes (ten times as many in the ignored long run) and a
 //! storage-failure sweep over every operation of a checkpoint.
 
 use std::path::Path;
 
 use backend_rocksdb::{RocksDbStateBackend, RocksOptions};
-use conformance_tests::crash::{self, default_config, CrashSetup};
+use conformance_tests::crash::{default_config, CrashSetup};
 use state_api::Result;
 
 fn make(dir: &Path, incremental: bool) -> Result<RocksDbStateBackend> {
@@ -25,39 +25,4 @@ const SETUP: CrashSetup<RocksDbStateBackend> = CrashSetup {
     kill_spread_micros: 400_000,
 };
 
-#[test]
-#[ignore = "runs as the child process of the crash test"]
-fn crash_worker() -> Result<()> {
-    crash::crash_worker(&SETUP)
-}
-
-#[test]
-fn a_killed_process_leaves_its_last_checkpoint_restorable() -> Result<()> {
-    let seed = std::env::var("CRASH_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0001);
-    let restored = crash::kill_trials(&SETUP, 100, seed)?;
-    assert!(
-        restored >= 50,
-        "only {restored} of 100 trials got as far as a checkpoint (seed {seed})"
-    );
-    Ok(())
-}
-
-#[test]
-#[ignore = "long run: 2,000 kills"]
-fn a_killed_process_leaves_its_last_checkpoint_restorable_long() -> Result<()> {
-    let seed = 0x5eed_0002;
-    let restored = crash::kill_trials(&SETUP, 2_000, seed)?;
-    assert!(
-        restored >= 1_000,
-        "only {restored} of 2,000 trials restored (seed {seed})"
-    );
-    Ok(())
-}
-
-#[test]
-fn an_io_failure_at_any_point_of_a_checkpoint_leaves_the_previous_one_restorable() -> Result<()> {
-    crash::failure_sweep(&SETUP)
-}
+conformance_tests::crash_tests!(SETUP, 100);

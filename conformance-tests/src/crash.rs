@@ -7,8 +7,9 @@
 //!   N operations and then loses what was not durable, for every N of a
 //!   checkpoint.
 //!
-//! A backend's test file provides a [`CrashSetup`] and a test named
-//! `crash_worker` that calls [`crash_worker`] (the child process runs it).
+//! A backend's test file provides a [`CrashSetup`] and calls
+//! [`crash_tests!`](crate::crash_tests), whose `crash_worker` test is what the
+//! child process runs.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -198,4 +199,54 @@ pub fn failure_sweep<S: StateBackend + Clone>(setup: &CrashSetup<S>) -> Result<(
 /// The default coordinator configuration, for [`CrashSetup::coordinator`].
 pub fn default_config() -> CheckpointConfig {
     CheckpointConfig::default()
+}
+
+/// Runs `trials` kills (seed from `CRASH_TEST_SEED`, else `default_seed`)
+/// and checks that at least half of them got as far as a checkpoint.
+pub fn check_kills<S: StateBackend>(
+    setup: &CrashSetup<S>,
+    trials: u64,
+    default_seed: u64,
+) -> Result<()> {
+    let seed = std::env::var("CRASH_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_seed);
+    let restored = kill_trials(setup, trials, seed)?;
+    assert!(
+        restored * 2 >= trials,
+        "only {restored} of {trials} trials got as far as a checkpoint (seed {seed})"
+    );
+    Ok(())
+}
+
+/// The crash tests of a backend: `crash_tests!(SETUP, trials)` defines the
+/// worker, the kill test with `trials` kills, an ignored long run with ten
+/// times as many, and the storage-failure sweep.
+#[macro_export]
+macro_rules! crash_tests {
+    ($setup:expr, $trials:expr) => {
+        #[test]
+        #[ignore = "runs as the child process of the crash test"]
+        fn crash_worker() -> state_api::Result<()> {
+            $crate::crash::crash_worker(&$setup)
+        }
+
+        #[test]
+        fn a_killed_process_leaves_its_last_checkpoint_restorable() -> state_api::Result<()> {
+            $crate::crash::check_kills(&$setup, $trials, 0x5eed_0001)
+        }
+
+        #[test]
+        #[ignore = "long run: ten times the kills"]
+        fn a_killed_process_leaves_its_last_checkpoint_restorable_long() -> state_api::Result<()> {
+            $crate::crash::check_kills(&$setup, 10 * $trials, 0x5eed_0002)
+        }
+
+        #[test]
+        fn an_io_failure_at_any_point_of_a_checkpoint_leaves_the_previous_one_restorable(
+        ) -> state_api::Result<()> {
+            $crate::crash::failure_sweep(&$setup)
+        }
+    };
 }
