@@ -2,7 +2,7 @@
 //!
 //! **Snapshot.** The synchronous part asks RocksDB to flush every column
 //! family *without waiting* (a memtable switch, no I/O) and closes the
-//! [`CaptureGate`]. The asynchronous part waits until those memtables are
+//! capture gate. The asynchronous part waits until those memtables are
 //! flushed, then takes a RocksDB checkpoint without another flush: hard links
 //! of the SST files live at that moment plus a copy of the MANIFEST. That file
 //! set holds exactly the state at the barrier:

@@ -177,7 +177,7 @@ impl KeyedStateHandle {
         }
     }
 
-    /// The canonical pieces, or an [`Error::IncompatibleFormat`] for a native
+    /// The canonical pieces, or an [`Error::UnsupportedHandle`] for a native
     /// handle (which only a backend of its kind restores).
     pub fn canonical_pieces(&self) -> Result<Vec<&KeyGroupsStateHandle>> {
         match self {
