@@ -5,11 +5,17 @@
 //!   in order and rescaling keeps only a backend's own key groups.
 //! * List state appends through a merge operator; a value or merged list
 //!   larger than [`RocksOptions::max_value_bytes`] is refused when written.
-//! * Snapshots take a RocksDB snapshot in the synchronous part (no copy) and
-//!   write the canonical format from it on any thread, so savepoints and
-//!   checkpoints restore on every backend and back.
-//! * Restore reads canonical and heap-incremental handles of any key-group
-//!   ranges, keeping only this backend's key groups.
+//! * Writes go through a write buffer ([`buffer`]) that the task reads first
+//!   and that reaches RocksDB as sorted batches.
+//! * Checkpoints are incremental by default ([`native`]): RocksDB's own files,
+//!   each SST uploaded once into `shared/`, with a synchronous part that only
+//!   switches memtables. Savepoints (and checkpoints with
+//!   [`RocksOptions::incremental`] off) take a RocksDB snapshot in the
+//!   synchronous part and write the canonical format from it on any thread,
+//!   so they restore on every backend and back.
+//! * Restore opens native checkpoint files in place (clipping other key groups
+//!   with `delete_range`, merging other handles by SST ingestion) and reads
+//!   canonical and heap-incremental handles of any key-group ranges.
 //! * Operator state uses the shared heap operator backend.
 //!
 //! ```
