@@ -315,7 +315,9 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         // The native handle covering most of this backend's key groups is
         // opened in place; the others are copied in.
-        let base = (0..natives.len()).max_by_key(|&i| natives[i].0.range.intersection(&own).len());
+        let base = (0..natives.len())
+            .filter(|&i| !natives[i].0.range.intersection(&own).is_empty())
+            .max_by_key(|&i| natives[i].0.range.intersection(&own).len());
         let (inst, cache) = match base {
             Some(i) => {
                 let b = natives[i].0;
@@ -367,6 +369,10 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         if !canonical.is_empty() {
             backend.restore(&canonical, &params, &mut metas)?;
+        }
+        // Every restored state has its column family, even with no data here.
+        for m in &metas {
+            backend.create_cf(&m.name)?;
         }
         backend.pending = metas;
         Ok(backend)

@@ -331,3 +331,40 @@ fn savepoints_stay_canonical_when_checkpoints_are_incremental() -> Result<()> {
     assert!(matches!(h, KeyedStateHandle::KeyGroups(_)), "{h:?}");
     Ok(())
 }
+
+/// A native handle of other key groups restores nothing here (and is not
+/// opened as the base).
+#[test]
+fn a_native_handle_of_other_key_groups_restores_nothing() -> Result<()> {
+    let b = backend(RocksOptions::default());
+    let mut k = keyed::<_, u64>(&b, 128, 1, 0, &[])?;
+    let v = values(&mut k)?;
+    put_all(&mut k, &v, 0..500, 0)?;
+    let h = snapshot(&b, &mut k, 1)?.expect("state");
+    let first_half = state_api::KeyGroupRange::for_operator(128, 2, 0)?;
+    let other = h.intersection(&first_half).expect("overlap");
+    let mut r = keyed::<_, u64>(&b, 128, 2, 1, &[other])?;
+    let rv = values(&mut r)?;
+    let owned = (0..500u64)
+        .filter(|key| conformance_tests::harness::owner(key, 128, 2).is_ok_and(|o| o == 1))
+        .count();
+    assert!(owned > 0);
+    assert_eq!(
+        read_all_owned(&mut r, &rv, 500, 1)?,
+        0,
+        "nothing of the other half"
+    );
+    Ok(())
+}
+
+fn read_all_owned(k: &mut Backend, v: &ValueState<i64>, keys: u64, subtask: u32) -> Result<usize> {
+    let mut n = 0;
+    for key in 0..keys {
+        if conformance_tests::harness::owner(&key, 128, 2)? != subtask {
+            continue;
+        }
+        k.set_current_key(key)?;
+        n += usize::from(v.on(k).get()?.is_some());
+    }
+    Ok(n)
+}
