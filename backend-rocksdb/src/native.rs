@@ -44,7 +44,9 @@ use rocksdb::{
 };
 use state_api::format::keyed::KeyedSnapshotMeta;
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, NativeFile};
-use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope, StreamStateHandle};
+use state_api::snapshot::stream::{
+    check_file_size, CheckpointStreamFactory, StreamScope, StreamStateHandle,
+};
 use state_api::snapshot::task::Cancellation;
 use state_api::{Error, KeyGroupRange, Result};
 
@@ -342,23 +344,12 @@ fn upload(
     streams: &dyn CheckpointStreamFactory,
     scope: StreamScope,
 ) -> Result<NativeFile> {
-    let io = |e| Error::io(format!("reading {}", path.display()), e);
-    let mut file = File::open(path).map_err(io)?;
     let mut out = streams.create_stream(scope)?;
-    let mut crc = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        crc.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-    }
+    let crc32 = read_with_crc(path, |chunk| out.write_all(chunk))?;
     Ok(NativeFile {
         name: name.to_string(),
         data: out.close_and_get_handle()?,
-        crc32: crc.finalize(),
+        crc32,
     })
 }
 
@@ -396,27 +387,10 @@ pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) 
         let source = f.data.describe();
         match &f.data {
             StreamStateHandle::File { path, size } => {
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| Error::io(format!("reading {source}"), e))?;
-                if meta.len() != *size {
-                    return Err(if meta.len() < *size {
-                        Error::Truncated {
-                            file: source,
-                            offset: 0,
-                            needed: *size,
-                            available: meta.len(),
-                        }
-                    } else {
-                        Error::Corrupted {
-                            file: source,
-                            offset: *size,
-                            reason: format!(
-                                "file has {} bytes, its handle says {size}",
-                                meta.len()
-                            ),
-                        }
-                    });
-                }
+                let actual = std::fs::metadata(path)
+                    .map_err(|e| Error::io(format!("reading {source}"), e))?
+                    .len();
+                check_file_size(&source, *size, actual)?;
                 let linked = f.name.ends_with(".sst") && std::fs::hard_link(path, &dest).is_ok();
                 if !linked {
                     std::fs::copy(path, &dest)
@@ -445,6 +419,11 @@ pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) 
 }
 
 fn crc_of(path: &Path) -> Result<u32> {
+    read_with_crc(path, |_| Ok(()))
+}
+
+/// Reads a file in chunks, passing each to `sink`; returns its CRC32.
+fn read_with_crc(path: &Path, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<u32> {
     let io = |e| Error::io(format!("reading {}", path.display()), e);
     let mut file = File::open(path).map_err(io)?;
     let mut crc = crc32fast::Hasher::new();
@@ -455,6 +434,7 @@ fn crc_of(path: &Path) -> Result<u32> {
             return Ok(crc.finalize());
         }
         crc.update(&buf[..n]);
+        sink(&buf[..n])?;
     }
 }
 

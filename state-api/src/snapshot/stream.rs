@@ -103,22 +103,7 @@ impl StreamStateHandle {
                 let name = path.display().to_string();
                 let data =
                     std::fs::read(path).map_err(|e| Error::io(format!("reading {name}"), e))?;
-                let actual = data.len() as u64;
-                if actual < *size {
-                    return Err(Error::Truncated {
-                        file: name,
-                        offset: 0,
-                        needed: *size,
-                        available: actual,
-                    });
-                }
-                if actual > *size {
-                    return Err(Error::Corrupted {
-                        file: name,
-                        offset: *size,
-                        reason: format!("file has {actual} bytes, its handle says {size}"),
-                    });
-                }
+                check_file_size(&name, *size, data.len() as u64)?;
                 Ok(StreamBytes {
                     name: Arc::from(name.as_str()),
                     data: Arc::from(data),
@@ -126,6 +111,27 @@ impl StreamStateHandle {
             }
         }
     }
+}
+
+/// Checks that file `name` has the `expected` size its handle records: a
+/// shorter file is [`Error::Truncated`], a longer one [`Error::Corrupted`].
+pub fn check_file_size(name: &str, expected: u64, actual: u64) -> Result<()> {
+    if actual < expected {
+        return Err(Error::Truncated {
+            file: name.to_string(),
+            offset: 0,
+            needed: expected,
+            available: actual,
+        });
+    }
+    if actual > expected {
+        return Err(Error::Corrupted {
+            file: name.to_string(),
+            offset: expected,
+            reason: format!("file has {actual} bytes, its handle says {expected}"),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a stream's file belongs to one checkpoint or may be shared by several.
