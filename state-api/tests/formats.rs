@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use state_api::checkpoint::metadata::{
-    decode_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState,
-    METADATA_FORMAT_VERSION,
+    decode_metadata, encode_metadata, CheckpointMetadata, OperatorState, SnapshotKind,
+    SubtaskState, METADATA_FORMAT_VERSION,
 };
 use state_api::codec::CodecSchema;
+use state_api::format::frame::Compression;
 use state_api::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, IncrementalNativeStateHandle, KeyGroupsStateHandle,
     KeyedStateHandle, NativeFile, OperatorStateHandle, OperatorStatePart,
@@ -219,27 +220,92 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
 }
 
-/// The bytes of `_metadata` holding `metadata`, as this build writes them.
-fn encode(metadata: &CheckpointMetadata) -> Result<Vec<u8>> {
-    use state_api::checkpoint::metadata::publish_metadata;
-    use state_api::checkpoint::storage::LocalStorage;
-    let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-    let path = publish_metadata(&LocalStorage, dir.path(), dir.path(), metadata)?;
-    std::fs::read(&path).map_err(io("reading", &path))
+/// Every `v<N>` folder under `testdata/formats`, oldest first.
+fn version_dirs() -> Result<Vec<(u16, PathBuf)>> {
+    let root = testdata();
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(&root).map_err(io("listing", &root))? {
+        let entry = entry.map_err(io("listing", &root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(v) = name.strip_prefix('v').and_then(|v| v.parse::<u16>().ok()) {
+            dirs.push((v, entry.path()));
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Compares `bytes`, the current encoding of `what`, with the committed file
+/// `path`; with `FLOWSTATE_BLESS=1`, writes the file first.
+fn check_pinned(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    if bless() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        std::fs::write(path, bytes).map_err(io("writing", path))?;
+    }
+    let pinned = std::fs::read(path).map_err(io(
+        "reading (write it with FLOWSTATE_BLESS=1 for a new format version)",
+        path,
+    ))?;
+    if pinned != bytes {
+        let at = pinned
+            .iter()
+            .zip(bytes)
+            .position(|(a, b)| a != b)
+            .unwrap_or(pinned.len().min(bytes.len()));
+        panic!(
+            "the encoding of {what} changed without a format version bump (first difference at \
+             byte {at}; {} bytes pinned in {}, {} bytes now). If the change is deliberate, bump \
+             the format version, keep reading the old one, and bless the new version's folder \
+             with FLOWSTATE_BLESS=1; never rewrite a released version's files.",
+            pinned.len(),
+            path.display(),
+            bytes.len()
+        );
+    }
+    Ok(())
 }
 
 #[test]
 fn current_metadata_encoding_is_pinned() -> Result<()> {
     let dir = testdata().join(format!("v{METADATA_FORMAT_VERSION}"));
     for (name, kind) in FIXTURES {
-        let path = dir.join(name);
-        let bytes = encode(&fixed_metadata(kind))?;
-        if bless() {
-            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-            std::fs::write(&path, &bytes).map_err(io("writing", &path))?;
+        let metadata = fixed_metadata(kind);
+        let bytes = encode_metadata(&metadata, Compression::None)?;
+        check_pinned(&dir.join(name), &bytes, &format!("_metadata ({kind:?})"))?;
+        assert_eq!(decode_metadata(name, &bytes)?, metadata);
+        // Compression changes the frame, never the value.
+        let zstd = encode_metadata(&metadata, Compression::Zstd { level: 3 })?;
+        assert!(zstd.len() < bytes.len(), "the fixture compresses");
+        assert_eq!(decode_metadata(name, &zstd)?, metadata);
+    }
+    Ok(())
+}
+
+/// Files of every version, the current one included, decode to the fixed value.
+#[test]
+fn metadata_of_every_version_still_decodes() -> Result<()> {
+    let dirs = version_dirs()?;
+    assert!(
+        dirs.iter().any(|(v, _)| *v == 1),
+        "the version 1 files are committed"
+    );
+    for (version, dir) in dirs {
+        for (name, kind) in FIXTURES {
+            let path = dir.join(name);
+            if version >= 2 || path.exists() {
+                let bytes = std::fs::read(&path).map_err(io("reading", &path))?;
+                assert_eq!(
+                    u16::from_le_bytes([bytes[4], bytes[5]]),
+                    version,
+                    "{} holds version {version}",
+                    path.display()
+                );
+                let decoded = decode_metadata(&path.display().to_string(), &bytes)?;
+                assert_eq!(decoded, fixed_metadata(kind), "{}", path.display());
+            }
         }
-        let pinned = std::fs::read(&path).map_err(io("reading", &path))?;
-        assert_eq!(decode_metadata(name, &pinned)?, fixed_metadata(kind));
     }
     Ok(())
 }

@@ -76,6 +76,15 @@ impl<'a> ByteReader<'a> {
         }
     }
 
+    /// A corruption error at absolute offset `offset` of this reader's file.
+    pub fn corrupted_at(&self, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corrupted {
+            file: self.file.to_string(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
     /// Takes the next `n` bytes.
     #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
