@@ -424,9 +424,16 @@ pub struct KeyedSnapshotReader {
 
 impl KeyedSnapshotReader {
     /// Opens the file a handle names and checks that the handle's offsets agree
-    /// with the file's own index.
+    /// with the file's own index. Errors name the checkpoint the handle was
+    /// written for; see [`KeyedSnapshotReader::open_for`].
     pub fn open(handle: &KeyGroupsStateHandle) -> Result<Self> {
-        let reader = Self::from_bytes(handle.data.read()?)?;
+        Self::open_for(handle, &handle.needed_by())
+    }
+
+    /// Like [`KeyedSnapshotReader::open`], with errors that say `needed_by`
+    /// needs the file (see [`crate::snapshot::handle::KeyedStateHandle::needed_by`]).
+    pub fn open_for(handle: &KeyGroupsStateHandle, needed_by: &str) -> Result<Self> {
+        let reader = Self::from_bytes(handle.data.read_for(needed_by)?)?;
         let name = reader.bytes.name().to_string();
         let corrupted = |reason: String| Error::Corrupted {
             file: name.clone(),
@@ -633,7 +640,8 @@ pub fn describe_keyed_file(
     data: StreamStateHandle,
     checkpoint_id: u64,
 ) -> Result<KeyGroupsStateHandle> {
-    let reader = KeyedSnapshotReader::from_bytes(data.read()?)?;
+    let reader =
+        KeyedSnapshotReader::from_bytes(data.read_for(&format!("checkpoint {checkpoint_id}"))?)?;
     Ok(KeyGroupsStateHandle {
         checkpoint_id,
         max_parallelism: reader.meta.max_parallelism,

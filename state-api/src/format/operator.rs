@@ -146,7 +146,7 @@ pub fn write_operator_snapshot(
 /// Reads the states a handle covers: their metas and the elements at the
 /// handle's offsets (in the handle's order).
 pub fn read_operator_snapshot(handle: &OperatorStateHandle) -> Result<Vec<OperatorStateData>> {
-    let bytes = handle.data.read()?;
+    let bytes = handle.data.read_for(&handle.needed_by())?;
     read_operator_bytes(&bytes, handle)
 }
 
@@ -228,7 +228,8 @@ pub fn describe_operator_file(
     data: StreamStateHandle,
     checkpoint_id: u64,
 ) -> Result<OperatorStateHandle> {
-    let Layout { metas, offsets, .. } = read_layout(&data.read()?)?;
+    let bytes = data.read_for(&format!("checkpoint {checkpoint_id}"))?;
+    let Layout { metas, offsets, .. } = read_layout(&bytes)?;
     let states = metas
         .into_iter()
         .zip(offsets)
