@@ -557,7 +557,8 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
             let written = self.pending[p].clone();
-            check_restored_registration(&written, &meta, compat)?;
+            let namespace_compat = namespace.compatibility(&written.namespace);
+            check_restored_registration(&written, &meta, namespace_compat, compat)?;
             if compat.contains(&Compatibility::AfterMigration) {
                 self.rewrite_values(&meta.name, |v| migrate(&written, v))?;
             }

@@ -242,7 +242,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let mut table = make(self.range.len());
         if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
             let written = &self.pending[p];
-            check_restored_registration(written, &meta, compat)?;
+            let namespace = namespace_codec.compatibility(&written.namespace);
+            check_restored_registration(written, &meta, namespace, compat)?;
             let data = self.restored.clone().ok_or_else(|| Error::Corrupted {
                 file: "restored state".into(),
                 offset: 0,

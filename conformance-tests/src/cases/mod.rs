@@ -82,6 +82,8 @@ macro_rules! for_each_case {
             snapshot::snapshot_compressed_restores,
             snapshot::rescale_unregistered_states_survive,
             snapshot::restore_register_other_kind_fails,
+            snapshot::restore_with_other_types_fails,
+            snapshot::restore_with_declared_type_migration,
             operator::operator_register_list_state,
             operator::operator_register_union_list_state,
             operator::operator_register_broadcast_state,

@@ -815,6 +815,193 @@ pub fn restore_register_other_kind_fails<S: StateBackend>(backend: &S) -> Result
     Ok(())
 }
 
+/// Regression: a `ValueState<i64>` restored and registered as
+/// `ValueState<u64>` with the default codec read reinterpreted bytes. Every
+/// role (value, list element, map user key and value, namespace, key) now
+/// records its type, and registering another type fails with a typed error
+/// naming the state and both schemas, while the original types still read
+/// the data.
+pub fn restore_with_other_types_fails<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    let l = b.list_state(&ListStateDescriptor::<i64>::new("l"))?;
+    let m = b.map_state(&MapStateDescriptor::<u32, i64>::new("m"))?;
+    let n = b.value_state(
+        &ValueStateDescriptor::<i64>::new("n").with_namespace(codec::postcard::<u32>()),
+    )?;
+    b.set_current_key(3)?;
+    v.on(&mut b).update(Some(-5))?;
+    l.on(&mut b).add(-6)?;
+    m.on(&mut b).put(7, -7)?;
+    n.on_ns(&mut b, &9).update(Some(-8))?;
+    let handle = snapshot(backend, &mut b, 1)?.expect("state was written");
+
+    let mut r = restore(backend, handle.clone())?;
+    let kind = ErrorKind::IncompatibleState;
+    let e = expect_err(
+        r.value_state(&ValueStateDescriptor::<u64>::new("v")),
+        kind,
+        "ValueState<i64> registered as ValueState<u64>",
+    );
+    assert!(
+        matches!(&e, Error::IncompatibleCodec { state, role: "value", .. } if state == "v"),
+        "the error names the state and the role: {e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("postcard:i64#") && msg.contains("postcard:u64#"),
+        "the message names both schemas: {msg}"
+    );
+    let e = expect_err(
+        r.list_state(&ListStateDescriptor::<String>::new("l")),
+        kind,
+        "ListState<i64> registered as ListState<String>",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "element",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = expect_err(
+        r.map_state(&MapStateDescriptor::<u64, i64>::new("m")),
+        kind,
+        "MapState<u32, _> registered as MapState<u64, _>",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "user key",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = expect_err(
+        r.map_state(&MapStateDescriptor::<u32, f64>::new("m")),
+        kind,
+        "MapState<_, i64> registered as MapState<_, f64>",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "user value",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = expect_err(
+        r.value_state(
+            &ValueStateDescriptor::<i64>::new("n").with_namespace(codec::postcard::<i32>()),
+        ),
+        kind,
+        "namespace u32 registered as namespace i32",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "namespace",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // Failed registrations leave the restored data untouched.
+    let v = r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    let l = r.list_state(&ListStateDescriptor::<i64>::new("l"))?;
+    let m = r.map_state(&MapStateDescriptor::<u32, i64>::new("m"))?;
+    let n = r.value_state(
+        &ValueStateDescriptor::<i64>::new("n").with_namespace(codec::postcard::<u32>()),
+    )?;
+    r.set_current_key(3)?;
+    assert_eq!(
+        v.on(&mut r).get()?,
+        Some(-5),
+        "value after failed registrations"
+    );
+    assert_eq!(
+        l.on(&mut r).get()?,
+        Some(vec![-6]),
+        "list after failed registrations"
+    );
+    assert_eq!(
+        m.on(&mut r).get(&7)?,
+        Some(-7),
+        "map after failed registrations"
+    );
+    assert_eq!(n.on_ns(&mut r, &9).get()?, Some(-8), "namespaced value");
+
+    // The key type is checked too.
+    let e = expect_err(
+        keyed::<S, i64>(
+            backend,
+            MAX_PARALLELISM,
+            1,
+            0,
+            std::slice::from_ref(&handle),
+        ),
+        kind,
+        "u64 keys restored as i64 keys",
+    );
+    assert!(
+        matches!(&e, Error::IncompatibleCodec { role: "key", .. }),
+        "{e:?}"
+    );
+    Ok(())
+}
+
+/// A declared migration from the old value type reads the data (converted)
+/// and the next snapshot holds the new type.
+pub fn restore_with_declared_type_migration<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    for k in 0..20u64 {
+        b.set_current_key(k)?;
+        v.on(&mut b).update(Some(-(k as i64)))?;
+    }
+    let handle = snapshot(backend, &mut b, 1)?.expect("state was written");
+    let migrated = || {
+        ValueStateDescriptor::<u64>::with_codec(
+            "v",
+            std::sync::Arc::new(
+                codec::PostcardCodec::<u64>::new()
+                    .migrate_from_type(|old: i64| old.unsigned_abs() * 10),
+            ),
+        )
+    };
+    let mut r = restore(backend, handle)?;
+    let v = r.value_state(&migrated())?;
+    for k in 0..20u64 {
+        r.set_current_key(k)?;
+        assert_eq!(
+            v.on(&mut r).get()?,
+            Some(k * 10),
+            "migrated value of key {k}"
+        );
+    }
+    let again = snapshot(backend, &mut r, 2)?.expect("state was written");
+    let mut r2 = restore(backend, again)?;
+    let e = expect_err(
+        r2.value_state(&ValueStateDescriptor::<i64>::new("v")),
+        ErrorKind::IncompatibleState,
+        "after migration the snapshot holds u64 values",
+    );
+    assert!(matches!(&e, Error::IncompatibleCodec { .. }), "{e:?}");
+    let v = r2.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    r2.set_current_key(7)?;
+    assert_eq!(v.on(&mut r2).get()?, Some(70), "rewritten as u64");
+    Ok(())
+}
+
 /// A backend restored from handles covering more key groups than its own
 /// (every old subtask's whole handle, not the coordinator's assignment) keeps
 /// only its own key groups: every key lands on exactly one new subtask.

@@ -55,11 +55,15 @@ fn check_namespace(written: &StateMeta, requested: &StateMeta) -> Result<()> {
 }
 
 /// Checks a state registered over restored data written as `written`:
-/// the same kind, the same namespace codec, and value codecs that read the
-/// data (`compat` per value role, from [`value_compatibility`]).
+/// the same kind, a namespace codec that reads the namespaces as they are
+/// (`namespace`: the namespace codec's [`Compatibility`] with the written
+/// schema; namespaces are part of every entry's identity, never migrated),
+/// and value codecs that read the data (`compat` per value role, from
+/// [`value_compatibility`]).
 pub fn check_restored_registration(
     written: &StateMeta,
     requested: &StateMeta,
+    namespace: Compatibility,
     compat: &[Compatibility],
 ) -> Result<()> {
     if written.kind != requested.kind {
@@ -69,7 +73,14 @@ pub fn check_restored_registration(
             requested: requested.kind.to_string(),
         });
     }
-    check_namespace(written, requested)?;
+    if namespace != Compatibility::AsIs {
+        return Err(Error::IncompatibleCodec {
+            state: requested.name.clone(),
+            role: "namespace",
+            written: written.namespace.clone(),
+            current: requested.namespace.clone(),
+        });
+    }
     for (i, c) in compat.iter().enumerate() {
         if *c == Compatibility::Incompatible {
             return Err(Error::IncompatibleCodec {
