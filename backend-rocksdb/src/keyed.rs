@@ -1375,6 +1375,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1383,6 +1384,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -235,6 +235,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A checkpoint completed after a newer one had completed: it was
+    /// subsumed (aborted) when the newer one completed, and its late
+    /// completion is refused.
+    #[error("checkpoint {checkpoint_id} was subsumed by completed checkpoint {latest}; its completion is refused")]
+    CheckpointSubsumed {
+        /// The refused checkpoint.
+        checkpoint_id: u64,
+        /// The newest completed checkpoint.
+        latest: u64,
+    },
     /// The backend is closed.
     #[error("the backend is closed")]
     Closed,
@@ -278,7 +288,7 @@ impl Error {
             }
             Error::Codec { .. } | Error::User(_) => ErrorKind::User,
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
-            Error::Cancelled { .. } => ErrorKind::Cancelled,
+            Error::Cancelled { .. } | Error::CheckpointSubsumed { .. } => ErrorKind::Cancelled,
             Error::Closed => ErrorKind::Closed,
             Error::Io { .. } => ErrorKind::Io,
         }

@@ -911,26 +911,26 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         let Some(inc) = &mut self.incremental else {
             return Ok(());
         };
-        if inc
-            .base
-            .as_ref()
-            .is_some_and(|b| b.checkpoint_id >= checkpoint_id)
-        {
-            return Ok(());
-        }
         let mut results = inc.results.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(handle) = results.remove(&checkpoint_id) else {
-            return Err(Error::NotFound {
-                what: format!("a finished incremental snapshot for checkpoint {checkpoint_id}"),
-            });
-        };
-        results.retain(|id, _| *id > checkpoint_id);
-        inc.unconfirmed.retain(|(id, _)| *id > checkpoint_id);
-        inc.base = Some(handle);
+        let base_id = inc.base.as_ref().map_or(0, |b| b.checkpoint_id);
+        // Builds on `checkpoint_id` only if it is newer than the base and its
+        // task finished; never taken, a savepoint, aborted, older, or not
+        // finished yet: later deltas stay built on the current base (see the
+        // trait's contract).
+        if checkpoint_id > base_id {
+            if let Some(handle) = results.remove(&checkpoint_id) {
+                inc.unconfirmed.retain(|(id, _)| *id > checkpoint_id);
+                inc.base = Some(handle);
+            }
+        }
+        // Results of subsumed checkpoints are never used.
+        let base_id = inc.base.as_ref().map_or(0, |b| b.checkpoint_id);
+        results.retain(|id, _| *id > base_id && *id >= checkpoint_id);
         Ok(())
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
         if let Some(inc) = &mut self.incremental {
             // Its changes stay in the unconfirmed periods, so the next delta
             // carries them; its files are never referenced.

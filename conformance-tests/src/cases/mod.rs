@@ -84,6 +84,7 @@ macro_rules! for_each_case {
             snapshot::restore_register_other_kind_fails,
             snapshot::restore_with_other_types_fails,
             snapshot::restore_with_declared_type_migration,
+            snapshot::notify_checkpoint_contract,
             operator::operator_register_list_state,
             operator::operator_register_union_list_state,
             operator::operator_register_broadcast_state,

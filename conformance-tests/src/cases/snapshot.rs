@@ -1002,6 +1002,96 @@ pub fn restore_with_declared_type_migration<S: StateBackend>(backend: &S) -> Res
     Ok(())
 }
 
+/// The completion-notification contract of `KeyedStateBackend`, the same on
+/// every backend: notifications of ids never taken, of savepoints, of
+/// checkpoints whose asynchronous part has not finished, of aborted ones and
+/// of ones older than the newest completed are ignored (`Ok`), and every
+/// snapshot taken around them restores exactly what it captured. After
+/// close, both notifications fail with `Closed`.
+pub fn notify_checkpoint_contract<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&value_d())?;
+    let write = |b: &mut S::Keyed<u64>, round: u64| -> Result<()> {
+        for k in 0..30u64 {
+            b.set_current_key(k)?;
+            if (k + round).is_multiple_of(4) {
+                v.on(b).clear()?;
+            } else {
+                v.on(b).update(Some(round * 100 + k))?;
+            }
+        }
+        Ok(())
+    };
+    let expected = |round: u64| -> BTreeMap<u64, u64> {
+        (0..30u64)
+            .filter(|k| !(k + round).is_multiple_of(4))
+            .map(|k| (k, round * 100 + k))
+            .collect()
+    };
+    let mut handles = Vec::new();
+    write(&mut b, 1)?;
+    handles.push((1, snapshot(backend, &mut b, 1)?.expect("state was written")));
+    b.notify_checkpoint_complete(99)?; // never taken
+    write(&mut b, 2)?;
+    let savepoint = b
+        .snapshot(
+            2,
+            backend.stream_factory(2)?,
+            state_api::snapshot::SnapshotOptions::savepoint(Default::default()),
+        )?
+        .run()?
+        .expect("state was written");
+    b.notify_checkpoint_complete(2)?; // a savepoint
+    handles.push((2, savepoint));
+    write(&mut b, 3)?;
+    let unfinished = snapshot_task(backend, &mut b, 3)?;
+    b.notify_checkpoint_complete(3)?; // its asynchronous part has not run
+    handles.push((3, unfinished.run()?.expect("state was written")));
+    write(&mut b, 4)?;
+    let aborted = snapshot_task(backend, &mut b, 4)?
+        .run()?
+        .expect("state was written");
+    b.notify_checkpoint_aborted(4)?;
+    b.notify_checkpoint_complete(4)?; // aborted before
+    b.notify_checkpoint_aborted(98)?; // never taken
+    handles.push((4, aborted));
+    write(&mut b, 5)?;
+    handles.push((5, snapshot(backend, &mut b, 5)?.expect("state was written")));
+    b.notify_checkpoint_complete(1)?; // older than the newest completed
+    b.notify_checkpoint_complete(3)?; // likewise, now finished
+    write(&mut b, 6)?;
+    handles.push((6, snapshot(backend, &mut b, 6)?.expect("state was written")));
+    for (round, handle) in handles {
+        let mut r = restore(backend, handle)?;
+        let v = r.value_state(&value_d())?;
+        let mut got = BTreeMap::new();
+        for k in 0..30u64 {
+            r.set_current_key(k)?;
+            if let Some(x) = v.on(&mut r).get()? {
+                got.insert(k, x);
+            }
+        }
+        assert_eq!(
+            got,
+            expected(round),
+            "snapshot of round {round} restores exactly"
+        );
+    }
+    b.close();
+    let e = expect_err(
+        b.notify_checkpoint_complete(7),
+        ErrorKind::Closed,
+        "notify complete after close",
+    );
+    assert!(matches!(e, Error::Closed), "{e:?}");
+    expect_err(
+        b.notify_checkpoint_aborted(7),
+        ErrorKind::Closed,
+        "notify aborted after close",
+    );
+    Ok(())
+}
+
 /// A backend restored from handles covering more key groups than its own
 /// (every old subtask's whole handle, not the coordinator's assignment) keeps
 /// only its own key groups: every key lands on exactly one new subtask.

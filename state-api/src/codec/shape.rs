@@ -151,7 +151,7 @@ fn wrap<'a>(
     Some(())
 }
 
-fn fields<'a>(named: &'a [Named<Format>]) -> impl Iterator<Item = &'a Format> {
+fn fields(named: &[Named<Format>]) -> impl Iterator<Item = &Format> {
     named.iter().map(|n| &n.value)
 }
 
