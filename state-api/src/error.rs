@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use crate::codec::CodecSchema;
+use crate::codec::{CodecError, CodecSchema};
 use crate::key_group::KeyGroupRange;
 
 /// Result alias used throughout the state layer.
@@ -305,5 +305,14 @@ impl Error {
     /// An error raised by user code.
     pub fn user(message: impl fmt::Display) -> Self {
         Error::User(message.to_string())
+    }
+}
+
+/// Wraps a codec failure with the state's name and the codec's role.
+pub fn codec_error(state: &str, role: &'static str, e: CodecError) -> Error {
+    Error::Codec {
+        state: state.to_string(),
+        role,
+        message: e.0,
     }
 }

@@ -4,19 +4,12 @@
 //! this backend's max parallelism and a compatible key codec.
 
 use crate::backend::KeyedBackendParams;
-use crate::codec::{CodecError, CodecSchema, Compatibility, SharedCodec};
+use crate::codec::{CodecSchema, Compatibility, SharedCodec};
 use crate::error::{Error, Result};
 use crate::format::keyed::KeyedSnapshotMeta;
 use crate::state::StateMeta;
 
-/// Wraps a codec failure with the state's name and the codec's role.
-pub fn codec_error(state: &str, role: &'static str, e: CodecError) -> Error {
-    Error::Codec {
-        state: state.to_string(),
-        role,
-        message: e.0,
-    }
-}
+pub use crate::error::codec_error;
 
 /// A state registered again must have the same kind and codec schemas.
 pub fn check_same_registration(existing: &StateMeta, requested: &StateMeta) -> Result<()> {
