@@ -85,6 +85,7 @@ macro_rules! for_each_case {
             snapshot::restore_with_other_types_fails,
             snapshot::restore_with_declared_type_migration,
             snapshot::notify_checkpoint_contract,
+            snapshot::failed_migration_leaves_no_partial_state,
             operator::operator_register_list_state,
             operator::operator_register_union_list_state,
             operator::operator_register_broadcast_state,

@@ -1002,6 +1002,80 @@ pub fn restore_with_declared_type_migration<S: StateBackend>(backend: &S) -> Res
     Ok(())
 }
 
+/// A migration that fails on one restored value fails the registration with
+/// a typed error and leaves nothing half-migrated: the state registered again
+/// with the codec it was written with reads every value exactly, and a later
+/// successful migration reads them all.
+pub fn failed_migration_leaves_no_partial_state<S: StateBackend>(backend: &S) -> Result<()> {
+    use std::sync::Arc;
+    let v1 = || {
+        ValueStateDescriptor::<u64>::with_codec(
+            "v",
+            Arc::new(codec::PostcardCodec::<u64>::with_schema("count", 1)),
+        )
+    };
+    let v2 = |fail_on: Option<u64>| {
+        let old = codec::PostcardCodec::<u64>::with_schema("count", 1);
+        ValueStateDescriptor::<String>::with_codec(
+            "v",
+            Arc::new(
+                codec::PostcardCodec::<String>::with_schema("count", 2).migrate_from(
+                    1,
+                    move |bytes| {
+                        use state_api::codec::Codec;
+                        let n = old.decode(bytes)?;
+                        if Some(n) == fail_on {
+                            return Err(codec::CodecError(format!("cannot migrate {n}")));
+                        }
+                        Ok(format!("#{n}"))
+                    },
+                ),
+            ),
+        )
+    };
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&v1())?;
+    for k in 0..50u64 {
+        b.set_current_key(k)?;
+        v.on(&mut b).update(Some(k))?;
+    }
+    let handle = snapshot(backend, &mut b, 1)?.expect("state was written");
+
+    let mut r = restore(backend, handle)?;
+    let e = expect_err(
+        r.value_state(&v2(Some(25))),
+        ErrorKind::User,
+        "a migration failing on one value",
+    );
+    assert!(
+        matches!(&e, Error::Codec { state, .. } if state == "v"),
+        "the error names the state: {e:?}"
+    );
+    let old = r.value_state(&v1())?;
+    for k in 0..50u64 {
+        r.set_current_key(k)?;
+        assert_eq!(
+            old.on(&mut r).get()?,
+            Some(k),
+            "key {k}: nothing was half-migrated"
+        );
+    }
+    // Registered as v1 now: its values are v1 and stay so in the next
+    // snapshot, from which a good migration reads them all.
+    let again = snapshot(backend, &mut r, 2)?.expect("state was written");
+    let mut r2 = restore(backend, again)?;
+    let new = r2.value_state(&v2(None))?;
+    for k in 0..50u64 {
+        r2.set_current_key(k)?;
+        assert_eq!(
+            new.on(&mut r2).get()?,
+            Some(format!("#{k}")),
+            "migrated key {k}"
+        );
+    }
+    Ok(())
+}
+
 /// The completion-notification contract of `KeyedStateBackend`, the same on
 /// every backend: notifications of ids never taken, of savepoints, of
 /// checkpoints whose asynchronous part has not finished, of aborted ones and
