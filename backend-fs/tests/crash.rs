@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use backend_fs::FsStateBackend;
-use conformance_tests::crash::{default_config, CrashSetup};
+use conformance_tests::crash::CrashSetup;
 use state_api::Result;
 
 fn make(dir: &Path, incremental: bool) -> Result<FsStateBackend> {
@@ -17,7 +17,7 @@ fn make(dir: &Path, incremental: bool) -> Result<FsStateBackend> {
 const SETUP: CrashSetup<FsStateBackend> = CrashSetup {
     make,
     with_storage: FsStateBackend::with_storage,
-    coordinator: |b| b.coordinator(default_config()),
+    coordinator: |b, config| b.coordinator(config),
     kill_after_micros: 2_000,
     kill_spread_micros: 60_000,
 };

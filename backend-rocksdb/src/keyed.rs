@@ -557,7 +557,8 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
             let written = self.pending[p].clone();
-            check_restored_registration(&written, &meta, compat)?;
+            let namespace_compat = namespace.compatibility(&written.namespace);
+            check_restored_registration(&written, &meta, namespace_compat, compat)?;
             if compat.contains(&Compatibility::AfterMigration) {
                 self.rewrite_values(&meta.name, |v| migrate(&written, v))?;
             }
@@ -1374,6 +1375,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1382,6 +1384,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())

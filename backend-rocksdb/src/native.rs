@@ -191,16 +191,32 @@ impl Capture {
 pub(crate) struct Uploads {
     confirmed: HashMap<String, NativeFile>,
     pending: BTreeMap<u64, Vec<NativeFile>>,
+    /// The newest checkpoint the backend was told completed: it and every
+    /// older one are subsumed, whatever finishes or is notified later.
+    latest_completed: u64,
 }
 
 impl Uploads {
     /// Checkpoint `id` completed: its SSTs are the ones later checkpoints
-    /// reuse; older pending checkpoints are subsumed.
+    /// reuse (if its upload finished); it and every older checkpoint are
+    /// subsumed. A notification older than the newest one changes nothing.
     pub(crate) fn complete(&mut self, id: u64) {
+        if id <= self.latest_completed {
+            return;
+        }
+        self.latest_completed = id;
         if let Some(files) = self.pending.remove(&id) {
             self.confirmed = files.into_iter().map(|f| (f.name.clone(), f)).collect();
         }
         self.pending.retain(|&k, _| k > id);
+    }
+
+    /// The upload of checkpoint `id` finished with `files`; kept until it
+    /// completes or is aborted, unless it is already subsumed.
+    fn finished(&mut self, id: u64, files: Vec<NativeFile>) {
+        if id > self.latest_completed {
+            self.pending.insert(id, files);
+        }
     }
 
     /// Checkpoint `id` failed: nothing it uploaded is reused.
@@ -305,8 +321,7 @@ impl NativeSnapshot {
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .insert(self.checkpoint_id, shared.clone());
+            .finished(self.checkpoint_id, shared.clone());
         let meta = &self.meta;
         Ok(IncrementalNativeStateHandle {
             checkpoint_id: self.checkpoint_id,

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use backend_rocksdb::{RocksDbStateBackend, RocksOptions};
-use conformance_tests::crash::{default_config, CrashSetup};
+use conformance_tests::crash::CrashSetup;
 use state_api::Result;
 
 fn make(dir: &Path, incremental: bool) -> Result<RocksDbStateBackend> {
@@ -20,7 +20,7 @@ fn make(dir: &Path, incremental: bool) -> Result<RocksDbStateBackend> {
 const SETUP: CrashSetup<RocksDbStateBackend> = CrashSetup {
     make,
     with_storage: RocksDbStateBackend::with_storage,
-    coordinator: |b| b.coordinator(default_config()),
+    coordinator: |b, config| b.coordinator(config),
     kill_after_micros: 30_000,
     kill_spread_micros: 400_000,
 };

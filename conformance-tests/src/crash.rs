@@ -32,8 +32,8 @@ pub struct CrashSetup<S> {
     pub make: fn(dir: &Path, incremental: bool) -> Result<S>,
     /// The same backend doing its file operations through `storage`.
     pub with_storage: fn(S, Arc<dyn Storage>) -> S,
-    /// The job's checkpoint coordinator.
-    pub coordinator: fn(&S) -> Result<CheckpointCoordinator>,
+    /// The job's checkpoint coordinator, with a configuration.
+    pub coordinator: fn(&S, CheckpointConfig) -> Result<CheckpointCoordinator>,
     /// Kills land this many microseconds after the worker starts, plus a
     /// random part below `kill_spread_micros` (process start-up and the
     /// backend's opening take part of it).
@@ -51,7 +51,7 @@ pub fn crash_worker<S: StateBackend>(setup: &CrashSetup<S>) -> Result<()> {
     };
     let incremental = std::env::var_os(WORKER_INCREMENTAL).is_some();
     let backend = (setup.make)(Path::new(&dir), incremental)?;
-    let mut coordinator = (setup.coordinator)(&backend)?;
+    let mut coordinator = (setup.coordinator)(&backend, default_config())?;
     let mut job = open(&backend, 2, None)?;
     for r in 1..10_000 {
         write_round(&mut job, r, KEYS)?;
@@ -105,7 +105,7 @@ pub fn kill_trials<S: StateBackend>(setup: &CrashSetup<S>, trials: u64, seed: u6
         let _ = child.wait();
 
         let backend = (setup.make)(dir.path(), incremental)?;
-        let coordinator = (setup.coordinator)(&backend);
+        let coordinator = (setup.coordinator)(&backend, default_config());
         let coordinator = coordinator.unwrap_or_else(|e| {
             panic!("trial {trial} (seed {seed}): the checkpoint directory does not open after a kill: {e}")
         });
@@ -140,7 +140,7 @@ fn fail_after<S: StateBackend + Clone>(
     let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
     let keys = 30;
     let good = (setup.make)(dir.path(), incremental)?;
-    let mut coordinator = (setup.coordinator)(&good)?;
+    let mut coordinator = (setup.coordinator)(&good, default_config())?;
     let mut job = open(&good, 2, None)?;
     for r in 1..=2 {
         write_round(&mut job, r, keys)?;
@@ -150,14 +150,14 @@ fn fail_after<S: StateBackend + Clone>(
     write_round(&mut job, 3, keys)?;
     let faulty = FaultyStorage::new(LocalStorage, budget);
     let bad = (setup.with_storage)(good.clone(), Arc::new(faulty.clone()));
-    let outcome =
-        (setup.coordinator)(&bad).and_then(|mut c| checkpoint(&mut c, &mut job).map(drop));
+    let outcome = (setup.coordinator)(&bad, default_config())
+        .and_then(|mut c| checkpoint(&mut c, &mut job).map(drop));
     let failed = outcome.is_err();
     faulty
         .crash()
         .map_err(|e| Error::io("simulating a crash", e))?;
 
-    let coordinator = (setup.coordinator)(&good)?;
+    let coordinator = (setup.coordinator)(&good, default_config())?;
     let latest = coordinator
         .latest_completed()
         .expect("a checkpoint survives");
@@ -220,7 +220,8 @@ pub fn check_kills<S: StateBackend>(
     Ok(())
 }
 
-/// The crash tests of a backend: `crash_tests!(SETUP, trials)` defines the
+/// The crash and checkpoint-lifecycle tests of a backend (see also
+/// [`crate::lifecycle`]): `crash_tests!(SETUP, trials)` defines the
 /// worker, the kill test with `trials` kills, an ignored long run with ten
 /// times as many, and the storage-failure sweep.
 #[macro_export]
@@ -247,6 +248,17 @@ macro_rules! crash_tests {
         fn an_io_failure_at_any_point_of_a_checkpoint_leaves_the_previous_one_restorable(
         ) -> state_api::Result<()> {
             $crate::crash::failure_sweep(&$setup)
+        }
+
+        #[test]
+        fn a_late_completion_of_an_older_checkpoint_is_refused_and_loses_nothing(
+        ) -> state_api::Result<()> {
+            $crate::lifecycle::out_of_order_completion(&$setup)
+        }
+
+        #[test]
+        fn a_damaged_newest_checkpoint_is_skipped_on_recovery() -> state_api::Result<()> {
+            $crate::lifecycle::damaged_newest_checkpoint(&$setup)
         }
     };
 }

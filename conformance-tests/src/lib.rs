@@ -15,6 +15,7 @@ pub mod cases;
 pub mod crash;
 pub mod harness;
 pub mod job;
+pub mod lifecycle;
 pub mod model;
 pub mod rounds;
 

@@ -10,7 +10,9 @@ use state_api::backend::operator::OperatorListState;
 use state_api::checkpoint::{
     CheckpointCoordinator, CompletedCheckpoint, OperatorState, PendingCheckpoint, SubtaskState,
 };
+use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
+use state_api::snapshot::task::SnapshotTask;
 use state_api::snapshot::SnapshotOptions;
 use state_api::state::access::{KeyedStateBackendExt, ListState, MapState, ValueState};
 use state_api::state::descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
@@ -189,34 +191,60 @@ pub fn read<B: KeyedStateBackend<Key = u64>>(
     Ok(m)
 }
 
-/// Snapshots every subtask into `pending`'s streams.
-pub fn snapshot_all<B: KeyedStateBackend>(
+/// The asynchronous parts of one subtask's snapshots, not yet run.
+pub type SubtaskSnapshot = (
+    SnapshotTask<Option<KeyedStateHandle>>,
+    SnapshotTask<Option<OperatorStateHandle>>,
+);
+
+/// Takes the synchronous part of every subtask's snapshots into `pending`'s
+/// streams.
+pub fn begin_snapshots<B: KeyedStateBackend>(
     subtasks: &mut [Subtask<B>],
     pending: &PendingCheckpoint,
     options: SnapshotOptions,
-) -> Result<Vec<OperatorState>> {
+) -> Result<Vec<SubtaskSnapshot>> {
+    subtasks
+        .iter_mut()
+        .map(|s| {
+            Ok((
+                s.keyed
+                    .snapshot(pending.id, pending.streams.clone(), options)?,
+                s.operator
+                    .snapshot(pending.id, pending.streams.clone(), options)?,
+            ))
+        })
+        .collect()
+}
+
+/// Runs the asynchronous parts taken by [`begin_snapshots`] and returns the
+/// operator's state for the checkpoint metadata.
+pub fn finish_snapshots(tasks: Vec<SubtaskSnapshot>) -> Result<Vec<OperatorState>> {
+    let parallelism = tasks.len() as u32;
     let mut states = Vec::new();
-    for s in subtasks.iter_mut() {
-        let keyed = s
-            .keyed
-            .snapshot(pending.id, pending.streams.clone(), options)?
-            .run()?;
-        let operator = s
-            .operator
-            .snapshot(pending.id, pending.streams.clone(), options)?
-            .run()?;
+    for (keyed, operator) in tasks {
         states.push(SubtaskState {
-            keyed: keyed.into_iter().collect(),
-            operator: operator.into_iter().collect(),
+            keyed: keyed.run()?.into_iter().collect(),
+            operator: operator.run()?.into_iter().collect(),
             ..Default::default()
         });
     }
     Ok(vec![OperatorState {
         operator_id: OPERATOR.into(),
-        parallelism: subtasks.len() as u32,
+        parallelism,
         max_parallelism: MAX_P,
         subtasks: states,
     }])
+}
+
+/// Snapshots every subtask into `pending`'s streams: every synchronous part,
+/// then every asynchronous part.
+pub fn snapshot_all<B: KeyedStateBackend>(
+    subtasks: &mut [Subtask<B>],
+    pending: &PendingCheckpoint,
+    options: SnapshotOptions,
+) -> Result<Vec<OperatorState>> {
+    finish_snapshots(begin_snapshots(subtasks, pending, options)?)
 }
 
 /// A checkpoint through the coordinator, then the completion notification.

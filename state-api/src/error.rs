@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use crate::codec::CodecSchema;
+use crate::codec::{CodecError, CodecSchema};
 use crate::key_group::KeyGroupRange;
 
 /// Result alias used throughout the state layer.
@@ -235,6 +235,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A checkpoint completed after a newer one had completed: it was
+    /// subsumed (aborted) when the newer one completed, and its late
+    /// completion is refused.
+    #[error("checkpoint {checkpoint_id} was subsumed by completed checkpoint {latest}; its completion is refused")]
+    CheckpointSubsumed {
+        /// The refused checkpoint.
+        checkpoint_id: u64,
+        /// The newest completed checkpoint.
+        latest: u64,
+    },
     /// The backend is closed.
     #[error("the backend is closed")]
     Closed,
@@ -291,7 +301,7 @@ impl Error {
             }
             Error::Codec { .. } | Error::User(_) => ErrorKind::User,
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
-            Error::Cancelled { .. } => ErrorKind::Cancelled,
+            Error::Cancelled { .. } | Error::CheckpointSubsumed { .. } => ErrorKind::Cancelled,
             Error::Closed => ErrorKind::Closed,
             Error::Io { .. } | Error::StateFileUnreadable { .. } => ErrorKind::Io,
         }
@@ -308,5 +318,14 @@ impl Error {
     /// An error raised by user code.
     pub fn user(message: impl fmt::Display) -> Self {
         Error::User(message.to_string())
+    }
+}
+
+/// Wraps a codec failure with the state's name and the codec's role.
+pub fn codec_error(state: &str, role: &'static str, e: CodecError) -> Error {
+    Error::Codec {
+        state: state.to_string(),
+        role,
+        message: e.0,
     }
 }

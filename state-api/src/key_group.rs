@@ -142,7 +142,7 @@ pub fn locate_key<K: 'static>(
     buf.clear();
     codec
         .encode(key, buf)
-        .map_err(|e| crate::backend::registration::codec_error("<key>", "key", e))?;
+        .map_err(|e| crate::error::codec_error("<key>", "key", e))?;
     let group = key_group_for_hash(key_hash(buf), max_parallelism);
     let index = range.index_of(group).ok_or(Error::KeyGroupOutOfRange {
         key_group: group,

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use equivalent::Equivalent;
 use hashbrown::hash_table::{Entry, HashTable};
 
-use super::table::TableHasher;
+/// The hasher of in-memory tables. Per-process seeded: it only places entries
+/// in memory and is never persisted (key groups use their own fixed hash).
+pub type TableHasher = foldhash::fast::RandomState;
 
 /// The map doubles its shard count when shards hold more than this many
 /// entries on average.

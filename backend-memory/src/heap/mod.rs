@@ -3,28 +3,27 @@
 //! with rescaling. Snapshot bytes go to whatever
 //! [`CheckpointStreamFactory`] the caller passes, so file-based backends reuse
 //! this backend as it is.
+//!
+//! The parts: [`store`] holds the tables and the restored state,
+//! [`registration`] builds a table per storage shape, [`snapshot`] writes
+//! snapshots and keeps the incremental bookkeeping, and this module is the
+//! backend an engine calls, with the per-record state access.
 
 pub mod cow_map;
+mod registration;
 mod restore;
+mod snapshot;
+mod store;
 pub mod table;
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
-use state_api::backend::registration::{
-    check_restored_registration, check_same_registration, decode_restored, key_compatibility,
-    value_compatibility,
-};
 use state_api::backend::KeyedBackendParams;
-use state_api::codec::{Compatibility, SharedCodec};
-use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, RecordBody};
 use state_api::key_group::locate_key;
-use state_api::snapshot::handle::{
-    IncrementalKeyedStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
-};
-use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
+use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
 use state_api::snapshot::{SnapshotKind, SnapshotOptions};
 use state_api::state::handle::{
@@ -33,20 +32,11 @@ use state_api::state::handle::{
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue};
 use state_api::{Error, KeyGroupRange, Result};
 
-use restore::{PendingSnapshot, RestoredData};
-use table::{
-    codec_error, CellCodec, EntryKey, EntryRef, ErasedTable, ListCodec, ListValue, MapCodec,
-    MapValue, Scratch, StateTable, TableHasher,
-};
-
-type CellTable<K, N, V> = StateTable<K, N, V, CellCodec<V>>;
-type ListTable<K, N, T> = StateTable<K, N, ListValue<T>, ListCodec<T>>;
-type MapTable<K, N, UK, UV> = StateTable<K, N, MapValue<UK, UV>, MapCodec<UK, UV>>;
-
-struct Registered<K> {
-    meta: StateMeta,
-    table: Box<dyn ErasedTable<K>>,
-}
+use registration::{CellTable, ListTable, MapTable};
+pub use snapshot::IncrementalOptions;
+use snapshot::{full_snapshot_task, Incremental};
+use store::{HeapStore, Registered};
+use table::{EntryKey, EntryRef, MapValue, TableHasher};
 
 /// Options of the heap keyed backend.
 #[derive(Clone, Debug, Default)]
@@ -55,55 +45,14 @@ pub struct HeapOptions {
     pub incremental: Option<IncrementalOptions>,
 }
 
-/// When an incremental chain is compacted into a new full snapshot.
-#[derive(Clone, Debug)]
-pub struct IncrementalOptions {
-    /// At most this many delta files follow a full snapshot.
-    pub max_deltas: usize,
-    /// A new full snapshot is written once the deltas' bytes exceed this
-    /// fraction of the full snapshot's bytes (restore reads at most
-    /// `1 + max_delta_ratio` times the state).
-    pub max_delta_ratio: f64,
-}
-
-impl Default for IncrementalOptions {
-    fn default() -> Self {
-        IncrementalOptions {
-            max_deltas: 16,
-            max_delta_ratio: 1.0,
-        }
-    }
-}
-
-/// Change periods per state (indexed like `states`): the changes recorded
-/// between two incremental snapshots.
-type ChangePeriod = Vec<Option<Arc<dyn Any + Send + Sync>>>;
-
-/// The incremental-checkpoint state of a backend.
-struct Incremental {
-    options: IncrementalOptions,
-    /// The chain of the newest completed checkpoint this backend took.
-    base: Option<IncrementalKeyedStateHandle>,
-    /// Change periods cut by incremental snapshots not yet confirmed, oldest first.
-    unconfirmed: Vec<(u64, ChangePeriod)>,
-    /// Handles of finished incremental snapshot tasks, until confirmed or aborted.
-    results: Arc<Mutex<BTreeMap<u64, IncrementalKeyedStateHandle>>>,
-}
-
 /// Keyed state of one subtask, on the heap.
 pub struct HeapKeyedStateBackend<K: StateKey> {
     id: u64,
-    max_parallelism: u32,
-    range: KeyGroupRange,
-    key_codec: SharedCodec<K>,
     current: Option<K>,
     current_group: u32,
     current_index: usize,
     key_buf: Vec<u8>,
-    states: Vec<Registered<K>>,
-    restored: Option<Arc<RestoredData>>,
-    /// Restored states not registered yet.
-    pending: Vec<StateMeta>,
+    store: HeapStore<K>,
     running: CancellationRegistry,
     closed: bool,
     incremental: Option<Incremental>,
@@ -132,35 +81,17 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 });
             }
         }
-        params
-            .key_group_range
-            .check_within(params.max_parallelism)?;
-        let (restored, pending) = if restore.is_empty() {
-            (None, Vec::new())
-        } else {
-            let (data, metas) = RestoredData::read(restore, &params)?;
-            (Some(Arc::new(data)), metas)
-        };
+        let store = HeapStore::new(params, restore, options.incremental.is_some())?;
         Ok(HeapKeyedStateBackend {
             id: next_backend_instance_id(),
-            max_parallelism: params.max_parallelism,
-            range: params.key_group_range,
-            key_codec: params.key_codec,
             current: None,
             current_group: 0,
             current_index: 0,
             key_buf: Vec::with_capacity(64),
-            states: Vec::new(),
-            restored,
-            pending,
+            store,
             running: CancellationRegistry::default(),
             closed: false,
-            incremental: options.incremental.map(|options| Incremental {
-                options,
-                base: None,
-                unconfirmed: Vec::new(),
-                results: Arc::default(),
-            }),
+            incremental: options.incremental.map(Incremental::new),
         })
     }
 
@@ -184,7 +115,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 name: core.name().to_string(),
             });
         }
-        self.states
+        self.store
+            .states
             .get(core.index())
             .ok_or_else(|| Error::ForeignHandle {
                 name: core.name().to_string(),
@@ -204,6 +136,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         }
         let key = self.current.as_ref().ok_or(Error::NoCurrentKey)?;
         let table = self
+            .store
             .states
             .get_mut(core.index())
             .and_then(|s| s.table.as_any_mut().downcast_mut::<T>())
@@ -212,197 +145,28 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             })?;
         Ok((table, key, self.current_index))
     }
-
-    /// Registers a state: returns the existing one after checking it matches,
-    /// decodes a restored one, or creates an empty one.
-    ///
-    /// `insert` adds one restored record, with its key and namespace decoded,
-    /// to the table at a key-group index.
-    fn register<N: Namespace, T: ErasedTable<K> + 'static>(
-        &mut self,
-        meta: StateMeta,
-        compat: &[Compatibility],
-        namespace_codec: &SharedCodec<N>,
-        make: impl FnOnce(usize) -> T,
-        mut insert: impl FnMut(&mut T, usize, EntryKey<K, N>, &RecordBody<'_>, &StateMeta) -> Result<()>,
-    ) -> Result<HandleCore> {
-        self.check_open()?;
-        if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
-            let existing = &self.states[i];
-            check_same_registration(&existing.meta, &meta)?;
-            if !existing.table.as_any().is::<T>() {
-                return Err(Error::StateKindMismatch {
-                    name: meta.name.clone(),
-                    registered: format!("{} of other types", existing.meta.kind),
-                    requested: format!("{} of {}", meta.kind, std::any::type_name::<T>()),
-                });
-            }
-            return Ok(HandleCore::new(self.id, i as u32, &meta.name));
-        }
-        let mut table = make(self.range.len());
-        if let Some(p) = self.pending.iter().position(|m| m.name == meta.name) {
-            let written = &self.pending[p];
-            check_restored_registration(written, &meta, compat)?;
-            let data = self.restored.clone().ok_or_else(|| Error::Corrupted {
-                file: "restored state".into(),
-                offset: 0,
-                reason: format!("state '{}' is pending without restored data", meta.name),
-            })?;
-            let name = &meta.name;
-            data.for_each_record_of(name, |index, r| {
-                let key = self
-                    .key_codec
-                    .decode(r.key)
-                    .map_err(|e| codec_error(name, "key", e))?;
-                let ns = namespace_codec
-                    .decode(r.namespace)
-                    .map_err(|e| codec_error(name, "namespace", e))?;
-                insert(&mut table, index, EntryKey(key, ns), &r.body, written)
-            })?;
-            self.pending.remove(p);
-            if self.pending.is_empty() {
-                self.restored = None;
-            }
-        }
-        if self.incremental.is_some() {
-            table.track_changes();
-        }
-        let i = self.states.len();
-        self.states.push(Registered {
-            meta: meta.clone(),
-            table: Box::new(table),
-        });
-        Ok(HandleCore::new(self.id, i as u32, &meta.name))
-    }
-}
-
-/// What the asynchronous part of a snapshot needs: shared copies of the
-/// tables and of the restored-but-unregistered states.
-struct SnapshotParts<K: StateKey> {
-    tables: Vec<Box<dyn table::ErasedTableSnapshot<K>>>,
-    pending: Option<PendingSnapshot>,
-    meta: KeyedSnapshotMeta,
-    key_codec: SharedCodec<K>,
-}
-
-impl<K: StateKey> SnapshotParts<K> {
-    /// Writes every entry: a full snapshot in the canonical format.
-    fn write(
-        &self,
-        out: Box<dyn state_api::snapshot::stream::CheckpointOutputStream>,
-        options: SnapshotOptions,
-        checkpoint_id: u64,
-        cancel: &state_api::snapshot::task::Cancellation,
-    ) -> Result<KeyGroupsStateHandle> {
-        let mut writer =
-            KeyedSnapshotWriter::new(out, self.meta.clone(), options.compression, checkpoint_id)?;
-        let mut scratch = Scratch::default();
-        for (index, kg) in self.meta.range.iter().enumerate() {
-            cancel.check("keyed state snapshot")?;
-            writer.start_key_group(kg)?;
-            for (state, table) in self.tables.iter().enumerate() {
-                table.write_key_group(
-                    index,
-                    state as u32,
-                    &*self.key_codec,
-                    &mut writer,
-                    &mut scratch,
-                )?;
-            }
-            if let Some(p) = &self.pending {
-                p.write_key_group(index, &mut writer)?;
-            }
-        }
-        writer.finish()
-    }
-
-    /// Writes the current value (or a delete) of every entry in `changes`
-    /// (per state, the unconfirmed change periods): a delta file.
-    fn write_delta(
-        &self,
-        out: Box<dyn state_api::snapshot::stream::CheckpointOutputStream>,
-        changes: &[Vec<Arc<dyn Any + Send + Sync>>],
-        options: SnapshotOptions,
-        checkpoint_id: u64,
-        cancel: &state_api::snapshot::task::Cancellation,
-    ) -> Result<KeyGroupsStateHandle> {
-        let mut meta = self.meta.clone();
-        meta.delta = true;
-        let mut writer = KeyedSnapshotWriter::new(out, meta, options.compression, checkpoint_id)?;
-        let mut scratch = Scratch::default();
-        for (index, kg) in self.meta.range.iter().enumerate() {
-            cancel.check("keyed state snapshot")?;
-            writer.start_key_group(kg)?;
-            for (state, (table, periods)) in self.tables.iter().zip(changes).enumerate() {
-                if !periods.is_empty() {
-                    table.write_changes(
-                        index,
-                        state as u32,
-                        periods,
-                        &*self.key_codec,
-                        &mut writer,
-                        &mut scratch,
-                    )?;
-                }
-            }
-        }
-        writer.finish()
-    }
-}
-
-impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// The synchronous part of a full snapshot.
-    fn snapshot_parts(&self) -> SnapshotParts<K> {
-        let tables: Vec<_> = self.states.iter().map(|s| s.table.snapshot()).collect();
-        let mut metas: Vec<StateMeta> = self.states.iter().map(|s| s.meta.clone()).collect();
-        let pending = match &self.restored {
-            Some(data) if !self.pending.is_empty() => {
-                let indices: HashMap<String, u32> = self
-                    .pending
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (m.name.clone(), (metas.len() + i) as u32))
-                    .collect();
-                metas.extend(self.pending.iter().cloned());
-                Some(PendingSnapshot::new(data.clone(), &indices))
-            }
-            _ => None,
-        };
-        SnapshotParts {
-            tables,
-            pending,
-            meta: KeyedSnapshotMeta {
-                max_parallelism: self.max_parallelism,
-                range: self.range,
-                key_codec: self.key_codec.schema(),
-                states: metas,
-                delta: false,
-            },
-            key_codec: self.key_codec.clone(),
-        }
-    }
 }
 
 impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     type Key = K;
 
     fn max_parallelism(&self) -> u32 {
-        self.max_parallelism
+        self.store.max_parallelism
     }
 
     fn key_group_range(&self) -> KeyGroupRange {
-        self.range
+        self.store.range
     }
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.check_open()?;
         let (group, index) = locate_key(
-            &*self.key_codec,
+            &*self.store.key_codec,
             &key,
             &mut self.key_buf,
-            self.max_parallelism,
-            &self.range,
+            self.store.max_parallelism,
+            &self.store.range,
         )?;
         self.current = Some(key);
         self.current_group = group;
@@ -422,42 +186,8 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         &mut self,
         spec: CellSpec<N, V>,
     ) -> Result<CellHandle<N, V>> {
-        let compat = value_compatibility(&spec.value_codec, &self.pending, &spec.meta.name, 0);
-        let codec = spec.value_codec;
-        let name = spec.meta.name.clone();
-        let core = self.register(
-            spec.meta,
-            &[compat],
-            &spec.namespace_codec,
-            |groups| {
-                CellTable::<K, N, V>::new(
-                    &name,
-                    groups,
-                    spec.namespace_codec.clone(),
-                    CellCodec(codec.clone()),
-                )
-            },
-            |table, index, entry, body, written| {
-                match body {
-                    RecordBody::Cell(v) => {
-                        let value = decode_restored(
-                            &codec,
-                            compat,
-                            &written.values[0],
-                            v,
-                            &written.name,
-                            "value",
-                        )?;
-                        table.groups[index].insert(entry, value);
-                    }
-                    RecordBody::Delete => {
-                        table.groups[index].remove(&entry);
-                    }
-                    _ => {}
-                }
-                Ok(())
-            },
-        )?;
+        self.check_open()?;
+        let core = self.store.register_cell(self.id, spec)?;
         Ok(CellHandle::new(core))
     }
 
@@ -465,47 +195,8 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         &mut self,
         spec: ListSpec<N, T>,
     ) -> Result<ListHandle<N, T>> {
-        let compat = value_compatibility(&spec.element_codec, &self.pending, &spec.meta.name, 0);
-        let codec = spec.element_codec;
-        let name = spec.meta.name.clone();
-        let core = self.register(
-            spec.meta,
-            &[compat],
-            &spec.namespace_codec,
-            |groups| {
-                ListTable::<K, N, T>::new(
-                    &name,
-                    groups,
-                    spec.namespace_codec.clone(),
-                    ListCodec(codec.clone()),
-                )
-            },
-            |table, index, entry, body, written| {
-                if let RecordBody::List(elements) = body {
-                    let list = elements
-                        .iter()
-                        .map(|e| {
-                            decode_restored(
-                                &codec,
-                                compat,
-                                &written.values[0],
-                                e,
-                                &written.name,
-                                "element",
-                            )
-                        })
-                        .collect::<Result<Vec<T>>>()?;
-                    if list.is_empty() {
-                        table.groups[index].remove(&entry);
-                    } else {
-                        table.groups[index].insert(entry, Arc::new(list));
-                    }
-                } else if *body == RecordBody::Delete {
-                    table.groups[index].remove(&entry);
-                }
-                Ok(())
-            },
-        )?;
+        self.check_open()?;
+        let core = self.store.register_list(self.id, spec)?;
         Ok(ListHandle::new(core))
     }
 
@@ -513,68 +204,13 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         &mut self,
         spec: MapSpec<N, UK, UV>,
     ) -> Result<MapHandle<N, UK, UV>> {
-        let name = spec.meta.name.clone();
-        let key_compat = key_compatibility(value_compatibility(
-            &spec.user_key_codec,
-            &self.pending,
-            &name,
-            0,
-        ));
-        let value_compat = value_compatibility(&spec.user_value_codec, &self.pending, &name, 1);
-        let (uk_codec, uv_codec) = (spec.user_key_codec, spec.user_value_codec);
-        let core = self.register(
-            spec.meta,
-            &[key_compat, value_compat],
-            &spec.namespace_codec,
-            |groups| {
-                MapTable::<K, N, UK, UV>::new(
-                    &name,
-                    groups,
-                    spec.namespace_codec.clone(),
-                    MapCodec(uk_codec.clone(), uv_codec.clone()),
-                )
-            },
-            |table, index, entry, body, written| {
-                let RecordBody::MapEntry { key: uk, value: uv } = body else {
-                    if *body == RecordBody::Delete {
-                        table.groups[index].remove(&entry);
-                    }
-                    return Ok(());
-                };
-                let uk = uk_codec
-                    .decode(uk)
-                    .map_err(|e| codec_error(&written.name, "user key", e))?;
-                let uv = decode_restored(
-                    &uv_codec,
-                    value_compat,
-                    &written.values[1],
-                    uv,
-                    &written.name,
-                    "user value",
-                )?;
-                let group = &mut table.groups[index];
-                match group.get_mut(&entry) {
-                    Some(map) => {
-                        map.insert(uk, uv);
-                    }
-                    None => {
-                        let mut map = MapValue::with_hasher(TableHasher::default());
-                        map.insert(uk, uv);
-                        group.insert(entry, map);
-                    }
-                }
-                Ok(())
-            },
-        )?;
+        self.check_open()?;
+        let core = self.store.register_map(self.id, spec)?;
         Ok(MapHandle::new(core))
     }
 
     fn state_metas(&self) -> Vec<StateMeta> {
-        self.states
-            .iter()
-            .map(|s| s.meta.clone())
-            .chain(self.pending.iter().cloned())
-            .collect()
+        self.store.metas()
     }
 
     #[inline]
@@ -820,12 +456,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
 
     fn num_entries(&self) -> Result<usize> {
         self.check_open()?;
-        let registered: usize = self.states.iter().map(|s| s.table.entries()).sum();
-        let pending = match &self.restored {
-            Some(data) if !self.pending.is_empty() => data.count_entries(&self.pending)?,
-            _ => 0,
-        };
-        Ok(registered + pending)
+        self.store.num_entries()
     }
 
     fn snapshot(
@@ -835,108 +466,39 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         options: SnapshotOptions,
     ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
         self.check_open()?;
-        if self.states.is_empty() && self.pending.is_empty() {
+        if self.store.is_empty() {
             return Ok(SnapshotTask::ready(None));
         }
         // The synchronous part: share every table's key-group maps (one
         // reference count per key group) and the restored bytes; copy nothing.
-        let full = self.snapshot_parts();
-        let incremental = match (&mut self.incremental, options.kind) {
-            (Some(inc), SnapshotKind::Checkpoint) => inc,
-            _ => {
-                return Ok(SnapshotTask::new(self.running.register(), move |cancel| {
-                    let out = streams.create_stream(StreamScope::Exclusive)?;
-                    full.write(out, options, checkpoint_id, cancel)
-                        .map(|h| Some(h.into()))
-                }))
+        let full = self.store.snapshot_parts();
+        match (&mut self.incremental, options.kind) {
+            (Some(inc), SnapshotKind::Checkpoint) => {
+                let period = self.store.take_changes();
+                Ok(inc.snapshot_task(&self.running, full, period, checkpoint_id, streams, options))
             }
-        };
-        // Incremental: cut the change period, then write either a delta of
-        // everything changed since the base, or a new full base.
-        let period: ChangePeriod = self
-            .states
-            .iter_mut()
-            .map(|s| s.table.take_changes())
-            .collect();
-        incremental.unconfirmed.push((checkpoint_id, period));
-        let base = incremental.base.clone().filter(|b| {
-            let base_bytes = b.base.state_size() as f64;
-            let delta_bytes: u64 = b.deltas.iter().map(|d| d.state_size()).sum();
-            b.deltas.len() < incremental.options.max_deltas
-                && delta_bytes as f64 <= base_bytes * incremental.options.max_delta_ratio
-        });
-        let changes: Vec<Vec<Arc<dyn Any + Send + Sync>>> = (0..self.states.len())
-            .map(|i| {
-                incremental
-                    .unconfirmed
-                    .iter()
-                    .filter_map(|(_, period)| period.get(i).cloned().flatten())
-                    .collect()
-            })
-            .collect();
-        let results = incremental.results.clone();
-        let range = self.range;
-        Ok(SnapshotTask::new(self.running.register(), move |cancel| {
-            let out = streams.create_stream(StreamScope::Shared)?;
-            let handle = match base {
-                None => IncrementalKeyedStateHandle {
-                    checkpoint_id,
-                    range,
-                    base: full.write(out, options, checkpoint_id, cancel)?,
-                    deltas: Vec::new(),
-                },
-                Some(base) => {
-                    let delta = full.write_delta(out, &changes, options, checkpoint_id, cancel)?;
-                    let mut deltas = base.deltas;
-                    deltas.push(delta);
-                    IncrementalKeyedStateHandle {
-                        checkpoint_id,
-                        range,
-                        base: base.base,
-                        deltas,
-                    }
-                }
-            };
-            results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(checkpoint_id, handle.clone());
-            Ok(Some(KeyedStateHandle::IncrementalHeap(handle)))
-        }))
+            _ => Ok(full_snapshot_task(
+                &self.running,
+                full,
+                checkpoint_id,
+                streams,
+                options,
+            )),
+        }
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
         self.check_open()?;
-        let Some(inc) = &mut self.incremental else {
-            return Ok(());
-        };
-        if inc
-            .base
-            .as_ref()
-            .is_some_and(|b| b.checkpoint_id >= checkpoint_id)
-        {
-            return Ok(());
+        if let Some(inc) = &mut self.incremental {
+            inc.complete(checkpoint_id);
         }
-        let mut results = inc.results.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(handle) = results.remove(&checkpoint_id) else {
-            return Err(Error::NotFound {
-                what: format!("a finished incremental snapshot for checkpoint {checkpoint_id}"),
-            });
-        };
-        results.retain(|id, _| *id > checkpoint_id);
-        inc.unconfirmed.retain(|(id, _)| *id > checkpoint_id);
-        inc.base = Some(handle);
         Ok(())
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.check_open()?;
         if let Some(inc) = &mut self.incremental {
-            // Its changes stay in the unconfirmed periods, so the next delta
-            // carries them; its files are never referenced.
-            inc.results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&checkpoint_id);
+            inc.abort(checkpoint_id);
         }
         Ok(())
     }
@@ -944,9 +506,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     fn close(&mut self) {
         self.closed = true;
         self.running.cancel_all();
-        self.states.clear();
-        self.restored = None;
-        self.pending.clear();
+        self.store.clear();
         self.current = None;
     }
 }

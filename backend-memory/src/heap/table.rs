@@ -20,9 +20,7 @@ use state_api::format::keyed::KeyedSnapshotWriter;
 use state_api::state::{Namespace, StateKey, StateValue};
 use state_api::Result;
 
-/// The hasher of in-memory tables. Per-process seeded: it only places entries
-/// in memory and is never persisted (key groups use their own fixed hash).
-pub type TableHasher = foldhash::fast::RandomState;
+pub use super::cow_map::TableHasher;
 
 /// The entries of one key group.
 pub type GroupMap<K, N, S> = CowMap<EntryKey<K, N>, S>;
@@ -82,7 +80,7 @@ pub struct Scratch {
     pub item: Vec<u8>,
 }
 
-pub(crate) use state_api::backend::registration::codec_error;
+pub(crate) use state_api::error::codec_error;
 
 pub(crate) fn encode_into<T: 'static>(
     codec: &dyn Codec<T>,

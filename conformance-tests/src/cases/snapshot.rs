@@ -815,6 +815,357 @@ pub fn restore_register_other_kind_fails<S: StateBackend>(backend: &S) -> Result
     Ok(())
 }
 
+/// Regression: a `ValueState<i64>` restored and registered as
+/// `ValueState<u64>` with the default codec read reinterpreted bytes. Every
+/// role (value, list element, map user key and value, namespace, key) now
+/// records its type, and registering another type fails with a typed error
+/// naming the state and both schemas, while the original types still read
+/// the data.
+pub fn restore_with_other_types_fails<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    let l = b.list_state(&ListStateDescriptor::<i64>::new("l"))?;
+    let m = b.map_state(&MapStateDescriptor::<u32, i64>::new("m"))?;
+    let n = b.value_state(
+        &ValueStateDescriptor::<i64>::new("n").with_namespace(codec::postcard::<u32>()),
+    )?;
+    b.set_current_key(3)?;
+    v.on(&mut b).update(Some(-5))?;
+    l.on(&mut b).add(-6)?;
+    m.on(&mut b).put(7, -7)?;
+    n.on_ns(&mut b, &9).update(Some(-8))?;
+    let handle = snapshot(backend, &mut b, 1)?.expect("state was written");
+
+    let mut r = restore(backend, handle.clone())?;
+    let kind = ErrorKind::IncompatibleState;
+    let e = expect_err(
+        r.value_state(&ValueStateDescriptor::<u64>::new("v")),
+        kind,
+        "ValueState<i64> registered as ValueState<u64>",
+    );
+    assert!(
+        matches!(&e, Error::IncompatibleCodec { state, role: "value", .. } if state == "v"),
+        "the error names the state and the role: {e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("postcard:i64#") && msg.contains("postcard:u64#"),
+        "the message names both schemas: {msg}"
+    );
+    let e = expect_err(
+        r.list_state(&ListStateDescriptor::<String>::new("l")),
+        kind,
+        "ListState<i64> registered as ListState<String>",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "element",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = expect_err(
+        r.map_state(&MapStateDescriptor::<u64, i64>::new("m")),
+        kind,
+        "MapState<u32, _> registered as MapState<u64, _>",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "user key",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = expect_err(
+        r.map_state(&MapStateDescriptor::<u32, f64>::new("m")),
+        kind,
+        "MapState<_, i64> registered as MapState<_, f64>",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "user value",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = expect_err(
+        r.value_state(
+            &ValueStateDescriptor::<i64>::new("n").with_namespace(codec::postcard::<i32>()),
+        ),
+        kind,
+        "namespace u32 registered as namespace i32",
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::IncompatibleCodec {
+                role: "namespace",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // Failed registrations leave the restored data untouched.
+    let v = r.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    let l = r.list_state(&ListStateDescriptor::<i64>::new("l"))?;
+    let m = r.map_state(&MapStateDescriptor::<u32, i64>::new("m"))?;
+    let n = r.value_state(
+        &ValueStateDescriptor::<i64>::new("n").with_namespace(codec::postcard::<u32>()),
+    )?;
+    r.set_current_key(3)?;
+    assert_eq!(
+        v.on(&mut r).get()?,
+        Some(-5),
+        "value after failed registrations"
+    );
+    assert_eq!(
+        l.on(&mut r).get()?,
+        Some(vec![-6]),
+        "list after failed registrations"
+    );
+    assert_eq!(
+        m.on(&mut r).get(&7)?,
+        Some(-7),
+        "map after failed registrations"
+    );
+    assert_eq!(n.on_ns(&mut r, &9).get()?, Some(-8), "namespaced value");
+
+    // The key type is checked too.
+    let e = expect_err(
+        keyed::<S, i64>(
+            backend,
+            MAX_PARALLELISM,
+            1,
+            0,
+            std::slice::from_ref(&handle),
+        ),
+        kind,
+        "u64 keys restored as i64 keys",
+    );
+    assert!(
+        matches!(&e, Error::IncompatibleCodec { role: "key", .. }),
+        "{e:?}"
+    );
+    Ok(())
+}
+
+/// A declared migration from the old value type reads the data (converted)
+/// and the next snapshot holds the new type.
+pub fn restore_with_declared_type_migration<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&ValueStateDescriptor::<i64>::new("v"))?;
+    for k in 0..20u64 {
+        b.set_current_key(k)?;
+        v.on(&mut b).update(Some(-(k as i64)))?;
+    }
+    let handle = snapshot(backend, &mut b, 1)?.expect("state was written");
+    let migrated = || {
+        ValueStateDescriptor::<u64>::with_codec(
+            "v",
+            std::sync::Arc::new(
+                codec::PostcardCodec::<u64>::new()
+                    .migrate_from_type(|old: i64| old.unsigned_abs() * 10),
+            ),
+        )
+    };
+    let mut r = restore(backend, handle)?;
+    let v = r.value_state(&migrated())?;
+    for k in 0..20u64 {
+        r.set_current_key(k)?;
+        assert_eq!(
+            v.on(&mut r).get()?,
+            Some(k * 10),
+            "migrated value of key {k}"
+        );
+    }
+    let again = snapshot(backend, &mut r, 2)?.expect("state was written");
+    let mut r2 = restore(backend, again)?;
+    let e = expect_err(
+        r2.value_state(&ValueStateDescriptor::<i64>::new("v")),
+        ErrorKind::IncompatibleState,
+        "after migration the snapshot holds u64 values",
+    );
+    assert!(matches!(&e, Error::IncompatibleCodec { .. }), "{e:?}");
+    let v = r2.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    r2.set_current_key(7)?;
+    assert_eq!(v.on(&mut r2).get()?, Some(70), "rewritten as u64");
+    Ok(())
+}
+
+/// A migration that fails on one restored value fails the registration with
+/// a typed error and leaves nothing half-migrated: the state registered again
+/// with the codec it was written with reads every value exactly, and a later
+/// successful migration reads them all.
+pub fn failed_migration_leaves_no_partial_state<S: StateBackend>(backend: &S) -> Result<()> {
+    use std::sync::Arc;
+    let v1 = || {
+        ValueStateDescriptor::<u64>::with_codec(
+            "v",
+            Arc::new(codec::PostcardCodec::<u64>::with_schema("count", 1)),
+        )
+    };
+    let v2 = |fail_on: Option<u64>| {
+        let old = codec::PostcardCodec::<u64>::with_schema("count", 1);
+        ValueStateDescriptor::<String>::with_codec(
+            "v",
+            Arc::new(
+                codec::PostcardCodec::<String>::with_schema("count", 2).migrate_from(
+                    1,
+                    move |bytes| {
+                        use state_api::codec::Codec;
+                        let n = old.decode(bytes)?;
+                        if Some(n) == fail_on {
+                            return Err(codec::CodecError(format!("cannot migrate {n}")));
+                        }
+                        Ok(format!("#{n}"))
+                    },
+                ),
+            ),
+        )
+    };
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&v1())?;
+    for k in 0..50u64 {
+        b.set_current_key(k)?;
+        v.on(&mut b).update(Some(k))?;
+    }
+    let handle = snapshot(backend, &mut b, 1)?.expect("state was written");
+
+    let mut r = restore(backend, handle)?;
+    let e = expect_err(
+        r.value_state(&v2(Some(25))),
+        ErrorKind::User,
+        "a migration failing on one value",
+    );
+    assert!(
+        matches!(&e, Error::Codec { state, .. } if state == "v"),
+        "the error names the state: {e:?}"
+    );
+    let old = r.value_state(&v1())?;
+    for k in 0..50u64 {
+        r.set_current_key(k)?;
+        assert_eq!(
+            old.on(&mut r).get()?,
+            Some(k),
+            "key {k}: nothing was half-migrated"
+        );
+    }
+    // Registered as v1 now: its values are v1 and stay so in the next
+    // snapshot, from which a good migration reads them all.
+    let again = snapshot(backend, &mut r, 2)?.expect("state was written");
+    let mut r2 = restore(backend, again)?;
+    let new = r2.value_state(&v2(None))?;
+    for k in 0..50u64 {
+        r2.set_current_key(k)?;
+        assert_eq!(
+            new.on(&mut r2).get()?,
+            Some(format!("#{k}")),
+            "migrated key {k}"
+        );
+    }
+    Ok(())
+}
+
+/// The completion-notification contract of `KeyedStateBackend`, the same on
+/// every backend: notifications of ids never taken, of savepoints, of
+/// checkpoints whose asynchronous part has not finished, of aborted ones and
+/// of ones older than the newest completed are ignored (`Ok`), and every
+/// snapshot taken around them restores exactly what it captured. After
+/// close, both notifications fail with `Closed`.
+pub fn notify_checkpoint_contract<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let v = b.value_state(&value_d())?;
+    let write = |b: &mut S::Keyed<u64>, round: u64| -> Result<()> {
+        for k in 0..30u64 {
+            b.set_current_key(k)?;
+            if (k + round).is_multiple_of(4) {
+                v.on(b).clear()?;
+            } else {
+                v.on(b).update(Some(round * 100 + k))?;
+            }
+        }
+        Ok(())
+    };
+    let expected = |round: u64| -> BTreeMap<u64, u64> {
+        (0..30u64)
+            .filter(|k| !(k + round).is_multiple_of(4))
+            .map(|k| (k, round * 100 + k))
+            .collect()
+    };
+    let mut handles = Vec::new();
+    write(&mut b, 1)?;
+    handles.push((1, snapshot(backend, &mut b, 1)?.expect("state was written")));
+    b.notify_checkpoint_complete(99)?; // never taken
+    write(&mut b, 2)?;
+    let savepoint = b
+        .snapshot(
+            2,
+            backend.stream_factory(2)?,
+            state_api::snapshot::SnapshotOptions::savepoint(Default::default()),
+        )?
+        .run()?
+        .expect("state was written");
+    b.notify_checkpoint_complete(2)?; // a savepoint
+    handles.push((2, savepoint));
+    write(&mut b, 3)?;
+    let unfinished = snapshot_task(backend, &mut b, 3)?;
+    b.notify_checkpoint_complete(3)?; // its asynchronous part has not run
+    handles.push((3, unfinished.run()?.expect("state was written")));
+    write(&mut b, 4)?;
+    let aborted = snapshot_task(backend, &mut b, 4)?
+        .run()?
+        .expect("state was written");
+    b.notify_checkpoint_aborted(4)?;
+    b.notify_checkpoint_complete(4)?; // aborted before
+    b.notify_checkpoint_aborted(98)?; // never taken
+    handles.push((4, aborted));
+    write(&mut b, 5)?;
+    handles.push((5, snapshot(backend, &mut b, 5)?.expect("state was written")));
+    b.notify_checkpoint_complete(1)?; // older than the newest completed
+    b.notify_checkpoint_complete(3)?; // likewise, now finished
+    write(&mut b, 6)?;
+    handles.push((6, snapshot(backend, &mut b, 6)?.expect("state was written")));
+    for (round, handle) in handles {
+        let mut r = restore(backend, handle)?;
+        let v = r.value_state(&value_d())?;
+        let mut got = BTreeMap::new();
+        for k in 0..30u64 {
+            r.set_current_key(k)?;
+            if let Some(x) = v.on(&mut r).get()? {
+                got.insert(k, x);
+            }
+        }
+        assert_eq!(
+            got,
+            expected(round),
+            "snapshot of round {round} restores exactly"
+        );
+    }
+    b.close();
+    let e = expect_err(
+        b.notify_checkpoint_complete(7),
+        ErrorKind::Closed,
+        "notify complete after close",
+    );
+    assert!(matches!(e, Error::Closed), "{e:?}");
+    expect_err(
+        b.notify_checkpoint_aborted(7),
+        ErrorKind::Closed,
+        "notify aborted after close",
+    );
+    Ok(())
+}
+
 /// A backend restored from handles covering more key groups than its own
 /// (every old subtask's whole handle, not the coordinator's assignment) keeps
 /// only its own key groups: every key lands on exactly one new subtask.

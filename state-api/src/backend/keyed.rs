@@ -250,15 +250,32 @@ pub trait KeyedStateBackend: Send + Sized {
 
     /// Tells the backend that checkpoint `checkpoint_id` completed (its
     /// metadata is durable). Incremental backends build later checkpoints on
-    /// it; a backend that writes full snapshots has nothing to do. Call it
-    /// only after the checkpoint's snapshot task finished.
+    /// the newest completed checkpoint; a backend that writes full snapshots
+    /// has nothing to do.
+    ///
+    /// The contract, the same on every backend:
+    /// * Completing `id` subsumes every older checkpoint: the backend never
+    ///   builds on a checkpoint older than the newest one it was told
+    ///   completed, so a late notification of an older id changes nothing.
+    /// * The backend builds on `id` only if its own snapshot task for `id`
+    ///   finished before the notification and `id` was a checkpoint (not a
+    ///   savepoint). Any other id (never taken, a savepoint, aborted, older
+    ///   than the newest completed, or whose asynchronous part has not
+    ///   finished) is ignored: it returns `Ok(())` and later checkpoints stay
+    ///   built on what they were built on before, which is always correct,
+    ///   only possibly larger.
+    /// * On a closed (or failed) backend it returns the error every call
+    ///   returns there ([`crate::Error::Closed`]).
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
         let _ = checkpoint_id;
         Ok(())
     }
 
-    /// Tells the backend that checkpoint `checkpoint_id` was aborted: nothing
-    /// it wrote may be referenced by later checkpoints.
+    /// Tells the backend that checkpoint `checkpoint_id` was aborted (or
+    /// subsumed): nothing it wrote may be referenced by later checkpoints.
+    /// Unknown ids are ignored (`Ok(())`); on a closed backend it returns
+    /// [`crate::Error::Closed`], like
+    /// [`KeyedStateBackend::notify_checkpoint_complete`].
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
         let _ = checkpoint_id;
         Ok(())

@@ -183,7 +183,7 @@ impl ErasedOperatorState for RawState {
     }
 }
 
-use super::registration::codec_error;
+use crate::error::codec_error;
 
 struct Entry {
     meta: OperatorStateMeta,

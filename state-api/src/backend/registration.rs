@@ -4,19 +4,12 @@
 //! this backend's max parallelism and a compatible key codec.
 
 use crate::backend::KeyedBackendParams;
-use crate::codec::{CodecError, CodecSchema, Compatibility, SharedCodec};
+use crate::codec::{CodecSchema, Compatibility, SharedCodec};
 use crate::error::{Error, Result};
 use crate::format::keyed::KeyedSnapshotMeta;
 use crate::state::StateMeta;
 
-/// Wraps a codec failure with the state's name and the codec's role.
-pub fn codec_error(state: &str, role: &'static str, e: CodecError) -> Error {
-    Error::Codec {
-        state: state.to_string(),
-        role,
-        message: e.0,
-    }
-}
+pub use crate::error::codec_error;
 
 /// A state registered again must have the same kind and codec schemas.
 pub fn check_same_registration(existing: &StateMeta, requested: &StateMeta) -> Result<()> {
@@ -55,11 +48,15 @@ fn check_namespace(written: &StateMeta, requested: &StateMeta) -> Result<()> {
 }
 
 /// Checks a state registered over restored data written as `written`:
-/// the same kind, the same namespace codec, and value codecs that read the
-/// data (`compat` per value role, from [`value_compatibility`]).
+/// the same kind, a namespace codec that reads the namespaces as they are
+/// (`namespace`: the namespace codec's [`Compatibility`] with the written
+/// schema; namespaces are part of every entry's identity, never migrated),
+/// and value codecs that read the data (`compat` per value role, from
+/// [`value_compatibility`]).
 pub fn check_restored_registration(
     written: &StateMeta,
     requested: &StateMeta,
+    namespace: Compatibility,
     compat: &[Compatibility],
 ) -> Result<()> {
     if written.kind != requested.kind {
@@ -69,7 +66,14 @@ pub fn check_restored_registration(
             requested: requested.kind.to_string(),
         });
     }
-    check_namespace(written, requested)?;
+    if namespace != Compatibility::AsIs {
+        return Err(Error::IncompatibleCodec {
+            state: requested.name.clone(),
+            role: "namespace",
+            written: written.namespace.clone(),
+            current: requested.namespace.clone(),
+        });
+    }
     for (i, c) in compat.iter().enumerate() {
         if *c == Compatibility::Incompatible {
             return Err(Error::IncompatibleCodec {

@@ -2,6 +2,18 @@
 //! aborts them, keeps the newest `num_retained`, deletes what nothing
 //! references any more, and finds the latest completed checkpoint on startup.
 //!
+//! Checkpoints complete in id order, as in Flink: completing checkpoint N
+//! aborts every pending checkpoint (not savepoint) below N as subsumed, and
+//! completing a checkpoint below the newest completed one is refused with
+//! [`Error::CheckpointSubsumed`]. So the latest completed checkpoint never
+//! goes back in time and retention never drops a newer checkpoint for an
+//! older one.
+//!
+//! On startup a checkpoint whose `_metadata` fails its checksums, or that
+//! references a missing file or a file of another size, is skipped: recovery
+//! falls back to the newest checkpoint that verifies and reports what it
+//! skipped ([`CheckpointCoordinator::skipped_on_recovery`]).
+//!
 //! Shared files (`shared/`) are counted: a file is deleted only once no
 //! retained checkpoint references it, and never while a checkpoint that began
 //! before it became unreferenced is still pending (that checkpoint may
@@ -81,6 +93,19 @@ pub struct CompletedCheckpoint {
     owned: bool,
 }
 
+/// A checkpoint found on startup that failed verification and was skipped.
+/// Its folder stays in place (for inspection) until `num_retained` newer
+/// checkpoints have completed; then it is deleted like a subsumed one.
+#[derive(Debug)]
+pub struct SkippedCheckpoint {
+    /// Its id.
+    pub id: u64,
+    /// Its `_metadata`.
+    pub metadata_path: PathBuf,
+    /// Why it was skipped.
+    pub error: Error,
+}
+
 /// A checkpoint that began and is not yet completed or aborted.
 pub struct PendingCheckpoint {
     /// Its id.
@@ -117,6 +142,8 @@ pub struct CheckpointCoordinator {
     /// Shared files no longer referenced, waiting for older pending checkpoints
     /// to finish: (file, highest pending id when it became unreferenced).
     deferred: Vec<(PathBuf, u64)>,
+    /// Damaged checkpoints found on startup, oldest first.
+    skipped: Vec<SkippedCheckpoint>,
 }
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -162,6 +189,7 @@ impl CheckpointCoordinator {
             pending: BTreeMap::new(),
             next_id: 1,
             deferred: Vec::new(),
+            skipped: Vec::new(),
         };
         coordinator.recover()?;
         Ok(coordinator)
@@ -186,13 +214,22 @@ impl CheckpointCoordinator {
                 incomplete.push(id);
                 continue;
             }
-            let metadata = load_metadata(&*self.storage, &path)?;
-            self.completed.push_back(CompletedCheckpoint {
-                id,
-                metadata_path: path,
-                metadata,
-                owned: true,
-            });
+            match load_metadata(&*self.storage, &path)
+                .and_then(|m| verify_files(&*self.storage, id, &m).map(|()| m))
+            {
+                Ok(metadata) => self.completed.push_back(CompletedCheckpoint {
+                    id,
+                    metadata_path: path,
+                    metadata,
+                    owned: true,
+                }),
+                Err(error) if is_damage(&error) => self.skipped.push(SkippedCheckpoint {
+                    id,
+                    metadata_path: path,
+                    error,
+                }),
+                Err(error) => return Err(error),
+            }
         }
         for id in incomplete {
             let dir = self.layout.checkpoint_dir(id);
@@ -219,6 +256,13 @@ impl CheckpointCoordinator {
         self.completed.back()
     }
 
+    /// Checkpoints found on startup that failed verification (damaged
+    /// `_metadata`, a missing or resized file) and were skipped, oldest first.
+    /// Recovery uses the newest checkpoint that verified.
+    pub fn skipped_on_recovery(&self) -> &[SkippedCheckpoint] {
+        &self.skipped
+    }
+
     /// Ids of checkpoints begun and not yet completed or aborted.
     pub fn pending_ids(&self) -> Vec<u64> {
         self.pending.keys().copied().collect()
@@ -234,6 +278,7 @@ impl CheckpointCoordinator {
         mode: RestoreMode,
     ) -> Result<CheckpointMetadata> {
         let metadata = load_metadata(&*self.storage, metadata_path)?;
+        verify_files(&*self.storage, metadata.checkpoint_id, &metadata)?;
         self.next_id = self.next_id.max(metadata.checkpoint_id + 1);
         if mode == RestoreMode::Claim && metadata.kind == SnapshotKind::Checkpoint {
             let id = metadata.checkpoint_id;
@@ -299,12 +344,30 @@ impl CheckpointCoordinator {
     }
 
     /// Completes checkpoint `id` with the operators' snapshots: publishes its
-    /// metadata durably, then applies retention.
+    /// metadata durably, aborts every pending checkpoint below `id` as
+    /// subsumed, then applies retention.
+    ///
+    /// A checkpoint below the newest completed one is refused with
+    /// [`Error::CheckpointSubsumed`] (and aborted if it was still pending):
+    /// the engine then tells its backends the checkpoint was aborted.
     pub fn complete_checkpoint(
         &mut self,
         id: u64,
         operators: Vec<OperatorState>,
     ) -> Result<CompletedCheckpoint> {
+        if let Some(latest) = self.completed.back().map(|c| c.id).filter(|&l| l >= id) {
+            if self
+                .pending
+                .get(&id)
+                .is_some_and(|e| e.savepoint_dir.is_none())
+            {
+                self.abort(id)?;
+            }
+            return Err(Error::CheckpointSubsumed {
+                checkpoint_id: id,
+                latest,
+            });
+        }
         let Some(entry) = self.pending.get(&id) else {
             return Err(Error::NotFound {
                 what: format!("pending checkpoint {id}"),
@@ -336,6 +399,15 @@ impl CheckpointCoordinator {
             owned: true,
         };
         self.completed.push_back(completed.clone());
+        let subsumed: Vec<u64> = self
+            .pending
+            .range(..id)
+            .filter(|(_, e)| e.savepoint_dir.is_none())
+            .map(|(&pending, _)| pending)
+            .collect();
+        for pending in subsumed {
+            self.abort(pending)?;
+        }
         self.enforce_retention()?;
         self.collect_shared_garbage()?;
         Ok(completed)
@@ -508,6 +580,23 @@ impl CheckpointCoordinator {
                 }
             }
         }
+        // A damaged checkpoint skipped on startup goes once `num_retained`
+        // newer ones have completed, like the checkpoint it would have been.
+        if self.completed.len() >= self.config.num_retained {
+            if let Some(oldest) = self.completed.front().map(|c| c.id) {
+                let (gone, kept) = std::mem::take(&mut self.skipped)
+                    .into_iter()
+                    .partition(|s| s.id < oldest);
+                self.skipped = kept;
+                for s in gone {
+                    if let Some(dir) = s.metadata_path.parent() {
+                        self.storage
+                            .remove_dir_all(dir)
+                            .map_err(io_err("removing damaged", dir))?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -567,6 +656,34 @@ impl PendingCheckpoint {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Checks that every file `metadata` references exists with the size its
+/// handle records (the files' contents are checked by their checksums when
+/// a backend restores them). A missing file's error names the checkpoint.
+pub fn verify_files(storage: &dyn Storage, id: u64, metadata: &CheckpointMetadata) -> Result<()> {
+    for (path, size) in metadata.file_sizes() {
+        let name = path.display().to_string();
+        let actual = storage.len(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Corrupted {
+                    file: name.clone(),
+                    offset: 0,
+                    reason: format!("the file is missing; checkpoint {id} references it"),
+                }
+            } else {
+                Error::io(format!("checking {name} of checkpoint {id}"), e)
+            }
+        })?;
+        crate::snapshot::stream::check_file_size(&name, size, actual)?;
+    }
+    Ok(())
+}
+
+/// Whether an error found while loading a checkpoint on startup means the
+/// checkpoint is damaged (skip it) rather than unreadable now (fail).
+fn is_damage(error: &Error) -> bool {
+    error.kind() == crate::ErrorKind::Corruption
 }
 
 /// Deletes a savepoint folder after checking that it holds a savepoint's

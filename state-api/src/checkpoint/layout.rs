@@ -79,7 +79,7 @@ impl JobLayout {
         let job6: String = self.job_id.chars().take(6).collect();
         savepoint_dir.join(format!(
             "{SAVEPOINT_DIR_PREFIX}{job6}-{:012x}",
-            unique_u64() & 0xffff_ffff_ffff
+            random_u128() & 0xffff_ffff_ffff
         ))
     }
 }
@@ -108,9 +108,20 @@ fn check_job_id(job_id: &str) -> Result<()> {
     }
 }
 
-/// A value unique in this process and very likely across processes: the
-/// time, the process id and a counter, mixed.
-pub fn unique_u64() -> u64 {
+/// 128 random bits from the operating system's random source, so names in
+/// a shared folder never collide, whichever machine or process made them.
+/// Should the source fail (it does not on supported systems), the bits come
+/// from the time, the process id and a process-wide counter instead.
+pub fn random_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return u128::from_le_bytes(bytes);
+    }
+    (u128::from(mixed_u64()) << 64) | u128::from(mixed_u64())
+}
+
+/// The fallback of [`random_u128`]: time, process id and a counter, mixed.
+fn mixed_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,9 +140,9 @@ pub fn unique_u64() -> u64 {
     x ^ (x >> 31)
 }
 
-/// A unique file name for a state file.
+/// A unique file name for a state file: 32 hex digits of [`random_u128`].
 pub fn unique_file_name() -> String {
-    format!("{:016x}", unique_u64())
+    format!("{:032x}", random_u128())
 }
 
 #[cfg(test)]
@@ -146,6 +157,12 @@ mod tests {
         assert_eq!(parse_checkpoint_dir_name("chk-"), None);
         assert_eq!(parse_checkpoint_dir_name("chk-4x"), None);
         assert_eq!(parse_checkpoint_dir_name("shared"), None);
+        let a = unique_file_name();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        let names: std::collections::HashSet<String> =
+            (0..10_000).map(|_| unique_file_name()).collect();
+        assert_eq!(names.len(), 10_000, "names never repeat");
         assert!(JobLayout::new(Path::new("/c"), "../x").is_err());
         assert!(JobLayout::new(Path::new("/c"), "").is_err());
         let sp = l.new_savepoint_dir(Path::new("/s"));

@@ -111,10 +111,18 @@ impl CheckpointMetadata {
 
     /// Every file path the metadata references.
     pub fn files(&self) -> Vec<PathBuf> {
+        self.file_sizes()
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    }
+
+    /// Every file the metadata references, with the size its handle records.
+    pub fn file_sizes(&self) -> Vec<(PathBuf, u64)> {
         let mut copy = self.clone();
         copy.streams_mut()
             .filter_map(|s| match s {
-                StreamStateHandle::File { path, .. } => Some(path.clone()),
+                StreamStateHandle::File { path, size } => Some((path.clone(), *size)),
                 _ => None,
             })
             .collect()

@@ -10,8 +10,8 @@ pub mod storage;
 pub mod stream;
 
 pub use coordinator::{
-    dispose_savepoint, CancellationPolicy, CheckpointConfig, CheckpointCoordinator,
-    CompletedCheckpoint, JobStatus, PendingCheckpoint, RestoreMode,
+    dispose_savepoint, verify_files, CancellationPolicy, CheckpointConfig, CheckpointCoordinator,
+    CompletedCheckpoint, JobStatus, PendingCheckpoint, RestoreMode, SkippedCheckpoint,
 };
 pub use layout::JobLayout;
 pub use metadata::{load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState};

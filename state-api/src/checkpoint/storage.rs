@@ -44,6 +44,8 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Whether a path exists.
     fn exists(&self, path: &Path) -> bool;
+    /// The size of a file in bytes (an error of kind `NotFound` if missing).
+    fn len(&self, path: &Path) -> io::Result<u64>;
 }
 
 /// The local file system.
@@ -120,6 +122,10 @@ impl Storage for LocalStorage {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        fs::metadata(path).map(|m| m.len())
     }
 }
 
@@ -309,5 +315,9 @@ impl<S: Storage> Storage for FaultyStorage<S> {
 
     fn exists(&self, path: &Path) -> bool {
         self.shared.inner.exists(path)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        self.shared.inner.len(path)
     }
 }
