@@ -2,4 +2,4 @@
 //! strings, strings, schemas, counts (`flowstate_fuzz::byte_reader::byte_reader`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::byte_reader::byte_reader(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::targets::byte_reader(data));

@@ -2,4 +2,4 @@
 //! `keyed_file`, seeded with delta files whose records include deletes.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::keyed::keyed_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::targets::delta_file(data));

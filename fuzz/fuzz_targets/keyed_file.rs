@@ -2,4 +2,4 @@
 //! (`flowstate_fuzz::keyed::keyed_file`). Seeds: the golden files and a file of every state kind.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::keyed::keyed_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::targets::keyed_file(data));

@@ -2,4 +2,4 @@
 //! (`flowstate_fuzz::metadata::metadata_file`). Seeds hold every handle kind.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::metadata::metadata_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::targets::metadata(data));

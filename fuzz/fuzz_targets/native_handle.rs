@@ -2,4 +2,4 @@
 //! (`flowstate_fuzz::metadata::native_handle`). Seeds hold only native handles.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::metadata::native_handle(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::targets::native_handle(data));

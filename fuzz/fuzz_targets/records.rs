@@ -2,4 +2,4 @@
 //! (`flowstate_fuzz::keyed::records`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::keyed::records(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowstate_fuzz::targets::records(data));
