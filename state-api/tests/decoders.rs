@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use state_api::checkpoint::metadata::{
+    decode_metadata, publish_metadata, CheckpointMetadata, OperatorState, SnapshotKind,
+    SubtaskState,
+};
+use state_api::checkpoint::storage::LocalStorage;
 use state_api::codec::CodecSchema;
 use state_api::format::frame::Compression;
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter};
@@ -12,8 +17,10 @@ use state_api::format::operator::{
     read_operator_bytes, write_operator_snapshot, OperatorStateData, OperatorStateMeta,
 };
 use state_api::snapshot::handle::{
-    Distribution, KeyGroupsStateHandle, OperatorStateHandle, OperatorStatePart,
+    Distribution, IncrementalKeyedStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
+    OperatorStateHandle, OperatorStatePart,
 };
+use state_api::snapshot::rescale::assign_keyed_state;
 use state_api::snapshot::stream::{
     CheckpointStreamFactory, MemoryCheckpointStreamFactory, StreamBytes, StreamScope,
     StreamStateHandle,
@@ -237,6 +244,79 @@ fn truncation_and_bad_handles_are_errors() -> Result<()> {
     damaged[4] = 9;
     let err = read_operator_bytes(&StreamBytes::new("v", Arc::from(damaged)), &op)
         .expect_err("damaged version");
+    assert_eq!(err.kind(), ErrorKind::Corruption, "{err}");
+    Ok(())
+}
+
+/// A `_metadata` whose keyed handle lists its key-group offsets out of order
+/// (bytes a buggy writer could produce; found by the `metadata` fuzz target)
+/// made `state_size` panic on a subtraction overflow, and sizes adding up
+/// past `u64::MAX` could overflow `total_size` and `state_size` the same
+/// way. Sizes now saturate; the damage is a `Corruption` once the file is
+/// opened and its index compared with the handle.
+#[test]
+fn handle_sizes_of_damaged_metadata_do_not_overflow() -> Result<()> {
+    let good = keyed_file(Compression::None)?;
+    let mut backwards = good.clone();
+    backwards.offsets.reverse();
+    let mut spread = good.clone();
+    *spread.offsets.last_mut().expect("offsets") = u64::MAX;
+    let huge_file = |path: &str| KeyGroupsStateHandle {
+        data: StreamStateHandle::File {
+            path: path.into(),
+            size: u64::MAX - 1,
+        },
+        ..spread.clone()
+    };
+    let metadata = CheckpointMetadata {
+        checkpoint_id: 7,
+        kind: SnapshotKind::Checkpoint,
+        timestamp_millis: 0,
+        operators: vec![OperatorState {
+            operator_id: "op".into(),
+            parallelism: 1,
+            max_parallelism: 16,
+            subtasks: vec![SubtaskState {
+                keyed: vec![
+                    KeyedStateHandle::KeyGroups(backwards),
+                    KeyedStateHandle::IncrementalHeap(IncrementalKeyedStateHandle {
+                        checkpoint_id: 7,
+                        range: good.range,
+                        base: huge_file("shared/base"),
+                        deltas: vec![huge_file("shared/delta")],
+                    }),
+                ],
+                ..SubtaskState::default()
+            }],
+        }],
+    };
+    // Through `_metadata`, as a restore gets them.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = publish_metadata(&LocalStorage, dir.path(), dir.path(), &metadata)?;
+    let bytes = std::fs::read(&path).expect("published metadata");
+    let loaded = decode_metadata("_metadata", &bytes)?;
+    let keyed = &loaded.operators[0].subtasks[0].keyed;
+    assert_eq!(keyed[0].state_size(), 0, "offsets out of order");
+    assert_eq!(keyed[1].state_size(), u64::MAX, "saturates");
+    assert_eq!(keyed[1].total_size(), u64::MAX, "saturates");
+    for p in 1..=3 {
+        let assigned = assign_keyed_state(keyed, p, 16)?;
+        assert_eq!(assigned.len(), p as usize);
+        // Sizing the parts, as the heap backend does to choose its next
+        // base, must not panic either.
+        let sizes: Vec<u64> = assigned
+            .iter()
+            .flatten()
+            .map(|h| h.state_size().max(h.total_size()))
+            .collect();
+        assert!(!sizes.is_empty(), "every subtask overlaps key groups 4..=9");
+    }
+    let KeyedStateHandle::KeyGroups(damaged) = &keyed[0] else {
+        panic!("decoded as written: {:?}", keyed[0]);
+    };
+    let err = KeyedSnapshotReader::open(damaged)
+        .err()
+        .expect("offsets disagree with the file");
     assert_eq!(err.kind(), ErrorKind::Corruption, "{err}");
     Ok(())
 }

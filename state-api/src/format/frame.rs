@@ -169,7 +169,7 @@ pub fn decode_frame<'a>(
                     "raw length {raw_len} exceeds the frame limit"
                 )));
             }
-            let raw = zstd::bulk::decompress(stored, raw_len)
+            let raw = decompress(stored, raw_len)
                 .map_err(|e| corrupted(format!("zstd payload does not decompress: {e}")))?;
             if raw.len() != raw_len {
                 return Err(corrupted(format!(
@@ -184,10 +184,69 @@ pub fn decode_frame<'a>(
     Ok((payload, (payload_at + stored_len) as u64))
 }
 
+/// A frame whose raw length is at most this many times its stored length
+/// (or at most [`BULK_DECOMPRESS_FLOOR`]) is decompressed into a buffer
+/// allocated up front; a larger claim grows its buffer with the output.
+const BULK_DECOMPRESS_RATIO: usize = 64;
+/// See [`BULK_DECOMPRESS_RATIO`].
+const BULK_DECOMPRESS_FLOOR: usize = 1 << 20;
+
+/// Decompresses a zstd payload of `raw_len` bytes. The buffer is allocated
+/// up front only when `raw_len` is plausible for `stored`'s size: a damaged
+/// header claiming gigabytes for a few bytes gets memory only as the
+/// decompressor actually produces output (at most `raw_len + 1` bytes).
+fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    if raw_len
+        <= stored
+            .len()
+            .saturating_mul(BULK_DECOMPRESS_RATIO)
+            .max(BULK_DECOMPRESS_FLOOR)
+    {
+        return zstd::bulk::decompress(stored, raw_len);
+    }
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::with_buffer(stored)?
+        .take(raw_len as u64 + 1)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Regression (found by fuzzing): a 58-byte zstd frame whose header
+    /// claimed a raw length of `i32::MAX` reserved 2 GiB before failing.
+    /// Highly compressible payloads above the bulk ratio still decode.
+    #[test]
+    fn huge_raw_length_claims_allocate_only_what_decompresses() {
+        let payload = vec![7u8; 4 << 20];
+        let mut out = Vec::new();
+        encode_frame(&mut out, &payload, Compression::Zstd { level: 3 }).expect("encode");
+        assert!(
+            payload.len() > (out.len() - FRAME_HEADER_LEN) * BULK_DECOMPRESS_RATIO,
+            "the payload takes the streaming path"
+        );
+        let (p, _) = decode_frame("f", &out, 0).expect("decode");
+        assert_eq!(&*p, &payload[..]);
+
+        let small = vec![1u8; 100];
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, &small, Compression::Zstd { level: 3 }).expect("encode");
+        frame[FRAME_RAW_LEN_OFFSET..FRAME_CODEC_OFFSET]
+            .copy_from_slice(&(i32::MAX as u32).to_le_bytes());
+        let crc = {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&frame[..FRAME_CRC_OFFSET]);
+            h.update(&frame[FRAME_HEADER_LEN..]);
+            h.finalize()
+        };
+        frame[FRAME_CRC_OFFSET..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        let e = decode_frame("f", &frame, 0).expect_err("the claim is false");
+        assert_eq!(e.kind(), crate::ErrorKind::Corruption, "{e}");
+    }
 
     #[test]
     fn round_trip_plain_and_zstd() {

@@ -49,9 +49,13 @@ impl KeyGroupsStateHandle {
     }
 
     /// Bytes of the key groups this handle covers (excluding file envelope).
+    ///
+    /// A handle decoded from damaged metadata may list offsets out of order;
+    /// its size is then 0, not a panic: the damage is reported when the
+    /// file is opened and its index compared with the offsets.
     pub fn state_size(&self) -> u64 {
         match (self.offsets.first(), self.offsets.last()) {
-            (Some(a), Some(b)) => b - a,
+            (Some(a), Some(b)) => b.saturating_sub(*a),
             _ => 0,
         }
     }
@@ -207,9 +211,12 @@ impl KeyedStateHandle {
         }
     }
 
-    /// Bytes of every stream the handle references (envelopes included).
+    /// Bytes of every stream the handle references (envelopes included),
+    /// saturating at `u64::MAX` (sizes in damaged metadata are arbitrary).
     pub fn total_size(&self) -> u64 {
-        self.streams().iter().map(|s| s.size()).sum()
+        self.streams()
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(s.size()))
     }
 
     /// What needs `piece` (one of this handle's pieces), for error messages:
@@ -270,11 +277,14 @@ impl KeyedStateHandle {
     }
 
     /// Bytes of the key groups covered, over all pieces (of every file, for
-    /// a native handle).
+    /// a native handle), saturating at `u64::MAX`.
     pub fn state_size(&self) -> u64 {
         match self {
             KeyedStateHandle::IncrementalNative(_) => self.total_size(),
-            _ => self.pieces().iter().map(|p| p.state_size()).sum(),
+            _ => self
+                .pieces()
+                .iter()
+                .fold(0u64, |sum, p| sum.saturating_add(p.state_size())),
         }
     }
 }
