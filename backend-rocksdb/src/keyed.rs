@@ -467,10 +467,10 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         let mut batch = WriteBatch::default();
         let pieces = handles
             .iter()
-            .map(|h| h.canonical_pieces())
+            .map(|h| Ok(h.canonical_pieces()?.into_iter().map(move |p| (h, p))))
             .collect::<Result<Vec<_>>>()?;
-        for piece in pieces.into_iter().flatten() {
-            let reader = KeyedSnapshotReader::open(piece)?;
+        for (top, piece) in pieces.into_iter().flatten() {
+            let reader = KeyedSnapshotReader::open_for(piece, &top.needed_by(piece))?;
             let file = reader.file_name().to_string();
             let meta = reader.meta().clone();
             for name in accept_restored_file(&file, &meta, params, metas)? {

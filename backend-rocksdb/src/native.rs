@@ -400,11 +400,15 @@ pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) 
     for f in handle.files() {
         let dest = folder.join(&f.name);
         let source = f.data.describe();
+        let needed_by = format!("checkpoint {}", handle.checkpoint_id);
+        let unreadable = |source_error| Error::StateFileUnreadable {
+            file: source.clone(),
+            needed_by: needed_by.clone(),
+            source: source_error,
+        };
         match &f.data {
             StreamStateHandle::File { path, size } => {
-                let actual = std::fs::metadata(path)
-                    .map_err(|e| Error::io(format!("reading {source}"), e))?
-                    .len();
+                let actual = std::fs::metadata(path).map_err(unreadable)?.len();
                 check_file_size(&source, *size, actual)?;
                 let linked = f.name.ends_with(".sst") && std::fs::hard_link(path, &dest).is_ok();
                 if !linked {
@@ -413,7 +417,7 @@ pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) 
                 }
             }
             _ => {
-                let bytes = f.data.read()?;
+                let bytes = f.data.read_for(&needed_by)?;
                 let mut out = File::create(&dest)
                     .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
                 out.write_all(bytes.bytes())

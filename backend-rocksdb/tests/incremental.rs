@@ -285,6 +285,10 @@ fn a_damaged_or_missing_sst_is_a_typed_error_naming_it() -> Result<()> {
         "a missing file",
     );
     assert!(e.to_string().contains(&name), "{e}");
+    assert!(
+        e.to_string().contains("which checkpoint 1 needs"),
+        "names the checkpoint: {e}"
+    );
 
     // Failed restores leave no instance folder behind.
     let after = std::fs::read_dir(&work)

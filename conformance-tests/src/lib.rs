@@ -13,6 +13,7 @@
 
 pub mod cases;
 pub mod crash;
+pub mod fixtures;
 pub mod harness;
 pub mod job;
 pub mod lifecycle;

@@ -8,7 +8,10 @@
 //! buggy or malicious writer could produce.
 
 use state_api::format::frame::{FRAME_CRC_OFFSET, FRAME_HEADER_LEN, FRAME_STORED_LEN_OFFSET};
-use state_api::format::{FILE_HEADER_LEN, FOOTER_CRC_OFFSET, FOOTER_INDEX_OFFSET, FOOTER_LEN};
+use state_api::format::{
+    FormatVersion, FILE_HEADER_LEN, FILE_HEADER_LEN_V1, FOOTER_CRC_OFFSET, FOOTER_INDEX_OFFSET,
+    FOOTER_LEN, HEADER_CRC_OFFSET, HEADER_VERSION_OFFSET,
+};
 
 fn le_u32(bytes: &[u8]) -> usize {
     let mut a = [0u8; 4];
@@ -16,16 +19,33 @@ fn le_u32(bytes: &[u8]) -> usize {
     u32::from_le_bytes(a) as usize
 }
 
-/// `file` with the CRC of every frame from the end of the header up to the
-/// footer (frames follow each other without gaps), and the footer's CRC,
-/// recomputed; `None` if they were all right already.
+/// Where the header ends: 8 bytes in version 1, 12 (the last 4 its CRC) in
+/// any other version, as readers decide it.
+fn header_len(file: &[u8]) -> usize {
+    match file.get(HEADER_VERSION_OFFSET..HEADER_VERSION_OFFSET + 2) {
+        Some(v) if u16::from_le_bytes([v[0], v[1]]) == FormatVersion::V1.number() => {
+            FILE_HEADER_LEN_V1
+        }
+        _ => FILE_HEADER_LEN,
+    }
+}
+
+/// `file` with the header's CRC (from version 2 on), the CRC of every frame
+/// from the end of the header up to the footer (frames follow each other
+/// without gaps), and the footer's CRC, recomputed; `None` if they were all
+/// right already.
 pub fn repaired(file: &[u8]) -> Option<Vec<u8>> {
     let footer_at = file.len().checked_sub(FOOTER_LEN)?;
-    if footer_at < FILE_HEADER_LEN {
+    let header_len = header_len(file);
+    if footer_at < header_len {
         return None;
     }
     let mut out = file.to_vec();
-    let mut at = FILE_HEADER_LEN;
+    if header_len > HEADER_CRC_OFFSET {
+        let crc = crc32fast::hash(&out[..HEADER_CRC_OFFSET]);
+        out[HEADER_CRC_OFFSET..header_len].copy_from_slice(&crc.to_le_bytes());
+    }
+    let mut at = header_len;
     while at + FRAME_HEADER_LEN <= footer_at {
         let stored_len = le_u32(&out[at + FRAME_STORED_LEN_OFFSET..]);
         let Some(end) = (at + FRAME_HEADER_LEN)

@@ -1,5 +1,6 @@
 //! Seed corpora: small, valid inputs for every target, written by the
-//! current encoders, plus the golden files of `testdata/snapshots/`.
+//! current encoders, plus the golden files of `testdata/snapshots/` and the
+//! pinned encodings of `testdata/formats/`.
 //!
 //! Everything here is deterministic (fixed ids, names and timestamps), so
 //! running the generator again rewrites the same bytes.
@@ -458,7 +459,11 @@ pub fn generate(testdata: &Path) -> Vec<Seed> {
                 &frame(&b"compressible ".repeat(24), Compression::Zstd { level: 3 }),
             ),
         ),
-        seed("frame", "keyed-meta.bin", at(8, &bytes_of(&keyed.data))),
+        seed(
+            "frame",
+            "keyed-meta.bin",
+            at(FILE_HEADER_LEN as u16, &bytes_of(&keyed.data)),
+        ),
         seed(
             "frame",
             "keyed-zstd-data.bin",
@@ -475,6 +480,25 @@ pub fn generate(testdata: &Path) -> Vec<Seed> {
         .collect();
     for (target, name, bytes) in compressed {
         seeds.push(seed(target, &name, bytes));
+    }
+    // The pinned encodings of every format version: version 1 metadata (read
+    // by its frozen decoder) and version 2 files.
+    for (target, file) in [
+        ("metadata", "v1/metadata-checkpoint.bin"),
+        ("metadata", "v1/metadata-savepoint.bin"),
+        ("metadata", "v2/metadata-checkpoint.bin"),
+        ("keyed_file", "v2/keyed.bin"),
+        ("delta_file", "v2/keyed-delta.bin"),
+        ("operator_file", "v2/operator.bin"),
+    ] {
+        let path = testdata.join("formats").join(file);
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("golden file {}: {e}", path.display()));
+        seeds.push(seed(
+            target,
+            &format!("golden-{}", file.replace('/', "-")),
+            bytes,
+        ));
     }
     // Payloads of the data frames of the keyed and delta seeds; the mode
     // byte says whether records carry an op byte.

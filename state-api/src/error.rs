@@ -248,6 +248,19 @@ pub enum Error {
     /// The backend is closed.
     #[error("the backend is closed")]
     Closed,
+    /// A file a snapshot handle references cannot be read: most often it
+    /// was deleted or never written. Names the checkpoint that needs it.
+    #[error("cannot read {file}, which {needed_by} needs: {source}")]
+    StateFileUnreadable {
+        /// The file.
+        file: String,
+        /// What needs it: `checkpoint N`, and for a piece that an earlier
+        /// checkpoint wrote (an incremental chain), which one.
+        needed_by: String,
+        /// The I/O error (`NotFound` for a missing file).
+        #[source]
+        source: io::Error,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -290,7 +303,7 @@ impl Error {
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
             Error::Cancelled { .. } | Error::CheckpointSubsumed { .. } => ErrorKind::Cancelled,
             Error::Closed => ErrorKind::Closed,
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::StateFileUnreadable { .. } => ErrorKind::Io,
         }
     }
 

@@ -4,8 +4,8 @@
 //! [`CheckpointStreamFactory`] the caller passes, so file-based backends reuse
 //! this backend as it is.
 //!
-//! The parts: [`store`] holds the tables and the restored state,
-//! [`registration`] builds a table per storage shape, [`snapshot`] writes
+//! The parts (private modules): `store` holds the tables and the restored
+//! state, `registration` builds a table per storage shape, `snapshot` writes
 //! snapshots and keeps the incremental bookkeeping, and this module is the
 //! backend an engine calls, with the per-record state access.
 

@@ -77,10 +77,10 @@ impl RestoredData {
         let mut metas: Vec<StateMeta> = Vec::new();
         let pieces = handles
             .iter()
-            .map(|h| h.canonical_pieces())
+            .map(|h| Ok(h.canonical_pieces()?.into_iter().map(move |p| (h, p))))
             .collect::<Result<Vec<_>>>()?;
-        for handle in pieces.into_iter().flatten() {
-            let reader = KeyedSnapshotReader::open(handle)?;
+        for (top, handle) in pieces.into_iter().flatten() {
+            let reader = KeyedSnapshotReader::open_for(handle, &top.needed_by(handle))?;
             let file = reader.file_name().to_string();
             let meta = reader.meta();
             accept_restored_file(&file, meta, params, &mut metas)?;

@@ -1,10 +1,14 @@
 //! `_metadata`: what a completed checkpoint or savepoint holds.
 //!
 //! ```text
-//! header  magic "SMET", version 1, flags 0
-//! frame   postcard encoding of CheckpointMetadata (CRC32, optionally zstd)
+//! header  magic "SMET" | version u16 = 2 | flags u16 = 0 | crc32 of those 8 bytes
+//! frame   the explicit encoding of CheckpointMetadata (see
+//!         `format::metadata`), CRC32, zstd when that is smaller
 //! footer  offset of that frame u64 | crc32 u32 | magic "SMET"
 //! ```
+//!
+//! Version 1 files (8-byte header without CRC, payload in postcard) are
+//! still read, by a frozen decoder.
 //!
 //! File paths inside are stored relative to the metadata's base folder (the
 //! job folder for a checkpoint, the savepoint folder for a savepoint) when
@@ -20,22 +24,27 @@ use serde::{Deserialize, Serialize};
 use super::layout::{unique_file_name, METADATA_FILE};
 use super::storage::Storage;
 use crate::error::{Error, Result};
-use crate::format::bytes::ByteReader;
-use crate::format::frame::{decode_frame, encode_frame, Compression};
-use crate::format::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN};
+use crate::format::coding::{Decode, Encode};
+use crate::format::frame::{decode_frame, encode_frame, Compression, FRAME_HEADER_LEN};
+use crate::format::{check_envelope, encode_footer, encode_header, FormatVersion, FOOTER_LEN};
 use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use crate::snapshot::stream::StreamStateHandle;
 
 /// Magic bytes of a metadata file.
 pub const METADATA_MAGIC: [u8; 4] = *b"SMET";
 /// The metadata format version this build writes.
-pub const METADATA_FORMAT_VERSION: u16 = 1;
-/// Metadata versions this build reads.
-pub const METADATA_SUPPORTED_VERSIONS: &[u16] = &[1];
+pub const METADATA_FORMAT_VERSION: u16 = FormatVersion::CURRENT.number();
+/// Metadata versions this build reads: 1 (postcard payload, read by a frozen
+/// decoder) and 2 (explicit encoding, header CRC).
+pub const METADATA_SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 
 pub use crate::snapshot::SnapshotKind;
 
 /// The state of one subtask of an operator.
+///
+/// The serde derives of the metadata types are a convenience for callers;
+/// the persisted bytes come from the hand-written encoding in
+/// [`crate::format::metadata`] only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskState {
     /// Managed keyed state.
@@ -151,14 +160,7 @@ pub fn publish_metadata(
             }
         }
     }
-    let payload = postcard::to_allocvec(&relative).map_err(|e| Error::InvalidArgument {
-        what: format!("checkpoint metadata cannot be encoded (non-UTF-8 path?): {e}"),
-    })?;
-    let mut bytes = Vec::with_capacity(payload.len() + 64);
-    encode_header(&mut bytes, &METADATA_MAGIC, METADATA_FORMAT_VERSION, 0);
-    let frame_at = bytes.len() as u64;
-    encode_frame(&mut bytes, &payload, Compression::Zstd { level: 3 })?;
-    encode_footer(&mut bytes, &METADATA_MAGIC, frame_at);
+    let bytes = encode_metadata(&relative, Compression::Zstd { level: 3 })?;
 
     let target = dir.join(METADATA_FILE);
     let tmp = dir.join(format!("{METADATA_FILE}.inprogress-{}", unique_file_name()));
@@ -215,28 +217,47 @@ pub fn load_metadata(storage: &dyn Storage, path: &Path) -> Result<CheckpointMet
     Ok(resolved)
 }
 
-/// Decodes metadata bytes (paths as stored).
+/// The bytes of a `_metadata` file holding `metadata` (paths as given), in
+/// the current format version, its payload frame compressed with
+/// `compression` when that makes it smaller.
+pub fn encode_metadata(metadata: &CheckpointMetadata, compression: Compression) -> Result<Vec<u8>> {
+    let payload = metadata.encode_to_vec()?;
+    let mut bytes = Vec::with_capacity(payload.len() + 64);
+    encode_header(&mut bytes, &METADATA_MAGIC, 0);
+    let frame_at = bytes.len() as u64;
+    encode_frame(&mut bytes, &payload, compression)?;
+    encode_footer(&mut bytes, &METADATA_MAGIC, frame_at);
+    Ok(bytes)
+}
+
+/// Decodes metadata bytes (paths as stored) of any supported version.
+///
+/// Every failure on damaged bytes has kind [`crate::ErrorKind::Corruption`]
+/// and names `name` and an offset; inside the payload the offset is the
+/// payload's start plus the position in the (decompressed) payload.
 pub fn decode_metadata(name: &str, bytes: &[u8]) -> Result<CheckpointMetadata> {
     let envelope = check_envelope(name, bytes, &METADATA_MAGIC, METADATA_SUPPORTED_VERSIONS, 0)?;
-    if envelope.index_offset != FILE_HEADER_LEN as u64 {
+    let frame_at = envelope.meta_offset();
+    if envelope.index_offset != frame_at {
         return Err(Error::Corrupted {
             file: name.to_string(),
             offset: envelope.index_offset,
             reason: "the metadata frame must follow the header".into(),
         });
     }
-    let (payload, end) = decode_frame(name, bytes, envelope.index_offset)?;
-    if end != (bytes.len() - crate::format::FOOTER_LEN) as u64 {
+    let (payload, end) = decode_frame(name, bytes, frame_at)?;
+    if end != (bytes.len() - FOOTER_LEN) as u64 {
         return Err(Error::Corrupted {
             file: name.to_string(),
             offset: end,
             reason: "bytes between the metadata frame and the footer".into(),
         });
     }
-    let r = ByteReader::new(&payload, name, envelope.index_offset);
-    match postcard::take_from_bytes::<CheckpointMetadata>(&payload) {
-        Ok((metadata, [])) => Ok(metadata),
-        Ok((_, rest)) => Err(r.corrupted(format!("{} bytes after the metadata", rest.len()))),
-        Err(e) => Err(r.corrupted(format!("metadata does not decode: {e}"))),
+    let payload_at = frame_at + FRAME_HEADER_LEN as u64;
+    match envelope.version {
+        FormatVersion::V1 => crate::format::metadata_v1::decode(name, payload_at, &payload),
+        FormatVersion::V2 => {
+            CheckpointMetadata::decode_exact(&payload, name, payload_at, "the checkpoint metadata")
+        }
     }
 }

@@ -76,6 +76,15 @@ impl<'a> ByteReader<'a> {
         }
     }
 
+    /// A corruption error at absolute offset `offset` of this reader's file.
+    pub fn corrupted_at(&self, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corrupted {
+            file: self.file.to_string(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
     /// Takes the next `n` bytes.
     #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -136,14 +145,19 @@ impl<'a> ByteReader<'a> {
 
     /// Reads a varint that must fit `usize` and not exceed the remaining bytes
     /// times `min_item_size` (so a corrupted count cannot trigger a huge allocation).
+    /// The error names the offset of the count.
     pub fn count(&mut self, min_item_size: usize) -> Result<usize> {
+        let at = self.offset();
         let n = self.varint()?;
         let max = (self.remaining() / min_item_size.max(1)) as u64;
         if n > max {
-            return Err(self.corrupted(format!(
-                "count {n} exceeds what {} remaining bytes can hold",
-                self.remaining()
-            )));
+            return Err(self.corrupted_at(
+                at,
+                format!(
+                    "count {n} exceeds what {} remaining bytes can hold",
+                    self.remaining()
+                ),
+            ));
         }
         Ok(n as usize)
     }

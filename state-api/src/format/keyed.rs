@@ -2,7 +2,8 @@
 //! offset index, so a restore at another parallelism decodes only its key groups.
 //!
 //! ```text
-//! header      magic "SKEY", version 1, flags (bit 0: delta file)
+//! header      magic "SKEY" | version u16 = 2 | flags u16 (bit 0: delta file)
+//!             | crc32 of those 8 bytes (version 1: no crc32)
 //! meta frame  max_parallelism u32 | range start u32 | range end_exclusive u32
 //!             | key codec schema | state count varint | state meta ...
 //!             state meta = name str | kind u8 | namespace schema
@@ -25,24 +26,26 @@
 
 use std::borrow::Cow;
 
-use super::bytes::{put_bytes, put_schema, put_str, put_varint, ByteReader};
+use super::bytes::{put_bytes, put_schema, put_varint, ByteReader};
+use super::coding::{Decode, Encode};
 use super::frame::{
     decode_frame, encode_frame, prepare_frame, Compression, MAX_FRAME_PAYLOAD, TARGET_FRAME_PAYLOAD,
 };
-use super::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN};
+use super::{check_envelope, encode_footer, encode_header, FormatVersion};
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
 use crate::snapshot::handle::KeyGroupsStateHandle;
 use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
-use crate::state::{StateKind, StateMeta, StorageShape};
+use crate::state::{StateMeta, StorageShape};
 
 /// Magic bytes of a keyed snapshot file.
 pub const KEYED_MAGIC: [u8; 4] = *b"SKEY";
 /// The keyed format version this build writes.
-pub const KEYED_FORMAT_VERSION: u16 = 1;
-/// Keyed format versions this build reads.
-pub const KEYED_SUPPORTED_VERSIONS: &[u16] = &[1];
+pub const KEYED_FORMAT_VERSION: u16 = FormatVersion::CURRENT.number();
+/// Keyed format versions this build reads: 1 (no header CRC) and 2. Both
+/// have the same frames; only the header differs.
+pub const KEYED_SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 /// Header flag of a delta file: records are changes (puts and deletes) to
 /// apply, in order, on top of the files before it in a chain.
 pub const FLAG_DELTA: u16 = 1;
@@ -67,25 +70,24 @@ pub struct KeyedSnapshotMeta {
     pub delta: bool,
 }
 
-impl KeyedSnapshotMeta {
-    fn encode(&self, out: &mut Vec<u8>) {
+/// The meta frame's payload. The header flag [`FLAG_DELTA`] is not part of
+/// it: a decoded meta has `delta: false` until the reader sets it.
+impl Encode for KeyedSnapshotMeta {
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(&self.max_parallelism.to_le_bytes());
         out.extend_from_slice(&self.range.start().to_le_bytes());
         out.extend_from_slice(&self.range.end_exclusive().to_le_bytes());
         put_schema(out, &self.key_codec);
         put_varint(out, self.states.len() as u64);
         for s in &self.states {
-            put_str(out, &s.name);
-            out.push(s.kind.tag());
-            put_schema(out, &s.namespace);
-            put_varint(out, s.values.len() as u64);
-            for v in &s.values {
-                put_schema(out, v);
-            }
+            s.encode_into(out)?;
         }
+        Ok(())
     }
+}
 
-    fn decode(r: &mut ByteReader<'_>) -> Result<Self> {
+impl Decode for KeyedSnapshotMeta {
+    fn decode_from(r: &mut ByteReader<'_>) -> Result<Self> {
         let max_parallelism = r.u32()?;
         if crate::key_group::check_max_parallelism(max_parallelism).is_err() {
             return Err(r.corrupted(format!(
@@ -106,35 +108,15 @@ impl KeyedSnapshotMeta {
         };
         let key_codec = r.schema()?;
         let n = r.count(7)?;
-        let mut states = Vec::with_capacity(n);
+        let mut states: Vec<StateMeta> = Vec::with_capacity(n);
         for _ in 0..n {
-            let name = r.str()?.to_string();
-            let tag = r.u8()?;
-            let kind = StateKind::from_tag(tag)
-                .ok_or_else(|| r.corrupted(format!("unknown state kind tag {tag}")))?;
-            let namespace = r.schema()?;
-            let count = r.count(5)?;
-            let expected = match kind.shape() {
-                StorageShape::Cell | StorageShape::List => 1,
-                StorageShape::Map => 2,
-            };
-            if count != expected {
-                return Err(r.corrupted(format!(
-                    "state '{name}' ({kind}) has {count} value schemas, expected {expected}"
-                )));
+            let at = r.offset();
+            let state = StateMeta::decode_from(r)?;
+            if states.iter().any(|s| s.name == state.name) {
+                return Err(r.corrupted_at(at, format!("state '{}' appears twice", state.name)));
             }
-            let values = (0..count).map(|_| r.schema()).collect::<Result<Vec<_>>>()?;
-            if states.iter().any(|s: &StateMeta| s.name == name) {
-                return Err(r.corrupted(format!("state '{name}' appears twice")));
-            }
-            states.push(StateMeta {
-                name,
-                kind,
-                namespace,
-                values,
-            });
+            states.push(state);
         }
-        r.finish("the keyed snapshot meta")?;
         Ok(KeyedSnapshotMeta {
             max_parallelism,
             range,
@@ -203,9 +185,8 @@ impl KeyedSnapshotWriter {
     ) -> Result<Self> {
         let mut buf = Vec::with_capacity(256);
         let flags = if meta.delta { FLAG_DELTA } else { 0 };
-        encode_header(&mut buf, &KEYED_MAGIC, KEYED_FORMAT_VERSION, flags);
-        let mut m = Vec::new();
-        meta.encode(&mut m);
+        encode_header(&mut buf, &KEYED_MAGIC, flags);
+        let m = meta.encode_to_vec()?;
         encode_frame(&mut buf, &m, Compression::None)?;
         out.write_all(&buf)?;
         Ok(KeyedSnapshotWriter {
@@ -443,9 +424,16 @@ pub struct KeyedSnapshotReader {
 
 impl KeyedSnapshotReader {
     /// Opens the file a handle names and checks that the handle's offsets agree
-    /// with the file's own index.
+    /// with the file's own index. Errors name the checkpoint the handle was
+    /// written for; see [`KeyedSnapshotReader::open_for`].
     pub fn open(handle: &KeyGroupsStateHandle) -> Result<Self> {
-        let reader = Self::from_bytes(handle.data.read()?)?;
+        Self::open_for(handle, &handle.needed_by())
+    }
+
+    /// Like [`KeyedSnapshotReader::open`], with errors that say `needed_by`
+    /// needs the file (see [`crate::snapshot::handle::KeyedStateHandle::needed_by`]).
+    pub fn open_for(handle: &KeyGroupsStateHandle, needed_by: &str) -> Result<Self> {
+        let reader = Self::from_bytes(handle.data.read_for(needed_by)?)?;
         let name = reader.bytes.name().to_string();
         let corrupted = |reason: String| Error::Corrupted {
             file: name.clone(),
@@ -496,12 +484,14 @@ impl KeyedSnapshotReader {
             FLAG_DELTA,
         )?;
         let index_offset = envelope.index_offset;
-        let (meta_payload, meta_end) = decode_frame(&file, data, FILE_HEADER_LEN as u64)?;
-        let mut meta = KeyedSnapshotMeta::decode(&mut ByteReader::new(
+        let meta_at = envelope.meta_offset();
+        let (meta_payload, meta_end) = decode_frame(&file, data, meta_at)?;
+        let mut meta = KeyedSnapshotMeta::decode_exact(
             &meta_payload,
             &file,
-            FILE_HEADER_LEN as u64,
-        ))?;
+            meta_at,
+            "the keyed snapshot meta",
+        )?;
         meta.delta = envelope.flags & FLAG_DELTA != 0;
         let (index, index_end) = decode_frame(&file, data, index_offset)?;
         let footer_at = (data.len() - super::FOOTER_LEN) as u64;
@@ -650,7 +640,8 @@ pub fn describe_keyed_file(
     data: StreamStateHandle,
     checkpoint_id: u64,
 ) -> Result<KeyGroupsStateHandle> {
-    let reader = KeyedSnapshotReader::from_bytes(data.read()?)?;
+    let reader =
+        KeyedSnapshotReader::from_bytes(data.read_for(&format!("checkpoint {checkpoint_id}"))?)?;
     Ok(KeyGroupsStateHandle {
         checkpoint_id,
         max_parallelism: reader.meta.max_parallelism,

@@ -3,7 +3,8 @@
 //! element when the parallelism changes.
 //!
 //! ```text
-//! header      magic "SOPR", version 1, flags 0
+//! header      magic "SOPR" | version u16 = 2 | flags u16 = 0
+//!             | crc32 of those 8 bytes (version 1: no crc32)
 //! meta frame  state count varint | state ...
 //!             state = name str | distribution u8 (1 split, 2 union, 3 broadcast)
 //!                     | schema count varint | schemas (element; or key, value)
@@ -16,9 +17,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::bytes::{put_schema, put_str, put_varint, ByteReader};
+use super::bytes::{put_str, put_varint, ByteReader};
+use super::coding::{decode_seq, put_seq, Decode, Encode, MIN_SCHEMA_LEN};
 use super::frame::{decode_frame, encode_frame, Compression};
-use super::{check_envelope, encode_footer, encode_header, FILE_HEADER_LEN, FOOTER_LEN};
+use super::{check_envelope, encode_footer, encode_header, FormatVersion, FOOTER_LEN};
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::snapshot::handle::{Distribution, OperatorStateHandle, OperatorStatePart};
@@ -27,9 +29,10 @@ use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHa
 /// Magic bytes of an operator snapshot file.
 pub const OPERATOR_MAGIC: [u8; 4] = *b"SOPR";
 /// The operator format version this build writes.
-pub const OPERATOR_FORMAT_VERSION: u16 = 1;
-/// Operator format versions this build reads.
-pub const OPERATOR_SUPPORTED_VERSIONS: &[u16] = &[1];
+pub const OPERATOR_FORMAT_VERSION: u16 = FormatVersion::CURRENT.number();
+/// Operator format versions this build reads: 1 (no header CRC) and 2. Both
+/// have the same frames; only the header differs.
+pub const OPERATOR_SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 
 /// One operator state as a snapshot records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +43,43 @@ pub struct OperatorStateMeta {
     pub distribution: Distribution,
     /// Codec schemas: `[element]` for lists, `[key, value]` for broadcast state.
     pub schemas: Vec<CodecSchema>,
+}
+
+/// One state of the meta frame: `str name | u8 distribution | varint n |
+/// schema ...` (one schema for list and union state, key and value for
+/// broadcast state).
+impl Encode for OperatorStateMeta {
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        put_str(out, &self.name);
+        out.push(self.distribution.tag());
+        put_seq(out, &self.schemas)
+    }
+}
+
+impl Decode for OperatorStateMeta {
+    fn decode_from(r: &mut ByteReader<'_>) -> Result<Self> {
+        let name = r.str()?.to_string();
+        let tag = r.u8()?;
+        let distribution = Distribution::from_tag(tag)
+            .ok_or_else(|| r.corrupted(format!("unknown distribution tag {tag}")))?;
+        let schemas: Vec<CodecSchema> = decode_seq(r, MIN_SCHEMA_LEN)?;
+        let expected = if distribution == Distribution::Broadcast {
+            2
+        } else {
+            1
+        };
+        if schemas.len() != expected {
+            return Err(r.corrupted(format!(
+                "state '{name}' has {} schemas, expected {expected}",
+                schemas.len()
+            )));
+        }
+        Ok(OperatorStateMeta {
+            name,
+            distribution,
+            schemas,
+        })
+    }
 }
 
 /// An operator state's encoded elements, ready to write.
@@ -60,16 +100,11 @@ pub fn write_operator_snapshot(
     cancelled: &dyn Fn() -> Result<()>,
 ) -> Result<OperatorStateHandle> {
     let mut buf = Vec::new();
-    encode_header(&mut buf, &OPERATOR_MAGIC, OPERATOR_FORMAT_VERSION, 0);
+    encode_header(&mut buf, &OPERATOR_MAGIC, 0);
     let mut meta = Vec::new();
     put_varint(&mut meta, states.len() as u64);
     for s in states {
-        put_str(&mut meta, &s.meta.name);
-        meta.push(s.meta.distribution.tag());
-        put_varint(&mut meta, s.meta.schemas.len() as u64);
-        for schema in &s.meta.schemas {
-            put_schema(&mut meta, schema);
-        }
+        s.meta.encode_into(&mut meta)?;
     }
     encode_frame(&mut buf, &meta, Compression::None)?;
     let mut parts = BTreeMap::new();
@@ -111,44 +146,39 @@ pub fn write_operator_snapshot(
 /// Reads the states a handle covers: their metas and the elements at the
 /// handle's offsets (in the handle's order).
 pub fn read_operator_snapshot(handle: &OperatorStateHandle) -> Result<Vec<OperatorStateData>> {
-    let bytes = handle.data.read()?;
+    let bytes = handle.data.read_for(&handle.needed_by())?;
     read_operator_bytes(&bytes, handle)
+}
+
+/// The checked layout of an operator snapshot file.
+struct Layout {
+    /// Where the meta frame starts.
+    meta_at: u64,
+    /// The states, in meta order.
+    metas: Vec<OperatorStateMeta>,
+    /// The element offsets of each state, in meta order.
+    offsets: Vec<Vec<u64>>,
 }
 
 /// The metas and the element offsets (per state, in meta order) of an
 /// operator snapshot file, after checking its envelope and index.
-fn read_layout(bytes: &StreamBytes) -> Result<(Vec<OperatorStateMeta>, Vec<Vec<u64>>)> {
+fn read_layout(bytes: &StreamBytes) -> Result<Layout> {
     let file = bytes.name();
     let data = bytes.bytes();
-    let index_offset =
-        check_envelope(file, data, &OPERATOR_MAGIC, OPERATOR_SUPPORTED_VERSIONS, 0)?.index_offset;
-    let (meta_payload, meta_end) = decode_frame(file, data, FILE_HEADER_LEN as u64)?;
-    let mut r = ByteReader::new(&meta_payload, file, FILE_HEADER_LEN as u64);
+    let envelope = check_envelope(file, data, &OPERATOR_MAGIC, OPERATOR_SUPPORTED_VERSIONS, 0)?;
+    let index_offset = envelope.index_offset;
+    let meta_at = envelope.meta_offset();
+    let (meta_payload, meta_end) = decode_frame(file, data, meta_at)?;
+    let mut r = ByteReader::new(&meta_payload, file, meta_at);
     let n = r.count(3)?;
-    let mut metas = Vec::with_capacity(n);
+    let mut metas: Vec<OperatorStateMeta> = Vec::with_capacity(n);
     for _ in 0..n {
-        let name = r.str()?.to_string();
-        let tag = r.u8()?;
-        let distribution = Distribution::from_tag(tag)
-            .ok_or_else(|| r.corrupted(format!("unknown distribution tag {tag}")))?;
-        let count = r.count(5)?;
-        let schemas = (0..count).map(|_| r.schema()).collect::<Result<Vec<_>>>()?;
-        let expected = if distribution == Distribution::Broadcast {
-            2
-        } else {
-            1
-        };
-        if schemas.len() != expected {
-            return Err(r.corrupted(format!(
-                "state '{name}' has {} schemas, expected {expected}",
-                schemas.len()
-            )));
+        let at = r.offset();
+        let meta = OperatorStateMeta::decode_from(&mut r)?;
+        if metas.iter().any(|m| m.name == meta.name) {
+            return Err(r.corrupted_at(at, format!("state '{}' appears twice", meta.name)));
         }
-        metas.push(OperatorStateMeta {
-            name,
-            distribution,
-            schemas,
-        });
+        metas.push(meta);
     }
     r.finish("the operator snapshot meta")?;
     let (index, index_end) = decode_frame(file, data, index_offset)?;
@@ -186,7 +216,11 @@ fn read_layout(bytes: &StreamBytes) -> Result<(Vec<OperatorStateMeta>, Vec<Vec<u
             reason: "bytes between the meta and the index of a file without elements".into(),
         });
     }
-    Ok((metas, offsets))
+    Ok(Layout {
+        meta_at,
+        metas,
+        offsets,
+    })
 }
 
 /// Builds the handle of a whole operator snapshot file from its own index.
@@ -194,7 +228,8 @@ pub fn describe_operator_file(
     data: StreamStateHandle,
     checkpoint_id: u64,
 ) -> Result<OperatorStateHandle> {
-    let (metas, offsets) = read_layout(&data.read()?)?;
+    let bytes = data.read_for(&format!("checkpoint {checkpoint_id}"))?;
+    let Layout { metas, offsets, .. } = read_layout(&bytes)?;
     let states = metas
         .into_iter()
         .zip(offsets)
@@ -222,7 +257,11 @@ pub fn read_operator_bytes(
 ) -> Result<Vec<OperatorStateData>> {
     let file = bytes.name();
     let data = bytes.bytes();
-    let (metas, offsets) = read_layout(bytes)?;
+    let Layout {
+        meta_at,
+        metas,
+        offsets,
+    } = read_layout(bytes)?;
     let known: Vec<HashSet<u64>> = offsets
         .into_iter()
         .map(|o| o.into_iter().collect())
@@ -232,14 +271,14 @@ pub fn read_operator_bytes(
         let Some(i) = metas.iter().position(|m| &m.name == name) else {
             return Err(Error::Corrupted {
                 file: file.to_string(),
-                offset: FILE_HEADER_LEN as u64,
+                offset: meta_at,
                 reason: format!("handle names state '{name}', which the file does not hold"),
             });
         };
         if metas[i].distribution != part.distribution {
             return Err(Error::Corrupted {
                 file: file.to_string(),
-                offset: FILE_HEADER_LEN as u64,
+                offset: meta_at,
                 reason: format!("handle and file disagree on the distribution of '{name}'"),
             });
         }

@@ -59,6 +59,12 @@ impl KeyGroupsStateHandle {
             _ => 0,
         }
     }
+
+    /// What needs this file, for error messages: `checkpoint N`, the
+    /// checkpoint it was written for.
+    pub fn needed_by(&self) -> String {
+        format!("checkpoint {}", self.checkpoint_id)
+    }
 }
 
 /// An incremental heap snapshot: a full snapshot file (the base) and the delta
@@ -213,6 +219,22 @@ impl KeyedStateHandle {
             .fold(0u64, |sum, s| sum.saturating_add(s.size()))
     }
 
+    /// What needs `piece` (one of this handle's pieces), for error messages:
+    /// `checkpoint N` for this handle's checkpoint, and, for a piece of an
+    /// incremental chain written for an earlier checkpoint, which one (the
+    /// file lives on in `shared/` for as long as a later checkpoint needs it).
+    pub fn needed_by(&self, piece: &KeyGroupsStateHandle) -> String {
+        let id = self.checkpoint_id();
+        if piece.checkpoint_id == id {
+            format!("checkpoint {id}")
+        } else {
+            format!(
+                "checkpoint {id} (it was written for checkpoint {})",
+                piece.checkpoint_id
+            )
+        }
+    }
+
     /// A short description for errors.
     pub fn describe(&self) -> String {
         self.streams()
@@ -318,4 +340,11 @@ pub struct OperatorStateHandle {
     pub data: StreamStateHandle,
     /// The states by name.
     pub states: BTreeMap<String, OperatorStatePart>,
+}
+
+impl OperatorStateHandle {
+    /// What needs this file, for error messages: `checkpoint N`.
+    pub fn needed_by(&self) -> String {
+        format!("checkpoint {}", self.checkpoint_id)
+    }
 }

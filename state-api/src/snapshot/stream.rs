@@ -92,8 +92,17 @@ impl StreamStateHandle {
     }
 
     /// Reads the bytes. A file whose size differs from the handle's is a
-    /// [`Error::Truncated`] or [`Error::Corrupted`] error.
+    /// [`Error::Truncated`] or [`Error::Corrupted`] error. Prefer
+    /// [`StreamStateHandle::read_for`], whose errors say what needs the file.
     pub fn read(&self) -> Result<StreamBytes> {
+        self.read_for("a snapshot")
+    }
+
+    /// Reads the bytes for `needed_by` (such as `checkpoint 5`): a file that
+    /// cannot be read is an [`Error::StateFileUnreadable`] naming the file and
+    /// `needed_by`; a file whose size differs from the handle's is a
+    /// [`Error::Truncated`] or [`Error::Corrupted`] error.
+    pub fn read_for(&self, needed_by: &str) -> Result<StreamBytes> {
         match self {
             StreamStateHandle::InMemory { name, data } => Ok(StreamBytes {
                 name: Arc::from(name.as_str()),
@@ -101,8 +110,11 @@ impl StreamStateHandle {
             }),
             StreamStateHandle::File { path, size } => {
                 let name = path.display().to_string();
-                let data =
-                    std::fs::read(path).map_err(|e| Error::io(format!("reading {name}"), e))?;
+                let data = std::fs::read(path).map_err(|source| Error::StateFileUnreadable {
+                    file: name.clone(),
+                    needed_by: needed_by.to_string(),
+                    source,
+                })?;
                 check_file_size(&name, *size, data.len() as u64)?;
                 Ok(StreamBytes {
                     name: Arc::from(name.as_str()),

@@ -1,0 +1,93 @@
+//! Golden fixture of the heap backend, committed under
+//! `testdata/fixtures/v<N>/savepoint-memory/` and restored forever after
+//! (see `conformance_tests::fixtures`): a canonical savepoint whose state is
+//! small enough to be inlined whole into its `_metadata`. (backend-fs
+//! restores it too, and this backend restores backend-fs's savepoint.)
+//!
+//! Written once with `FLOWSTATE_WRITE_FIXTURES=1 cargo test -p
+//! backend-memory --test fixtures` (an existing fixture is never rewritten).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use backend_memory::MemoryStateBackend;
+use conformance_tests::fixtures::{check_fixture, write_if_missing};
+use conformance_tests::rounds::{
+    checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
+};
+use state_api::checkpoint::{
+    load_metadata, CheckpointConfig, CheckpointCoordinator, LocalStorage, SnapshotKind,
+};
+use state_api::format::frame::Compression;
+use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::stream::StreamStateHandle;
+use state_api::snapshot::SnapshotOptions;
+use state_api::{Error, Result};
+
+/// The same job size as backend-fs's fixtures.
+const KEYS: u64 = 24;
+
+fn restore(metadata_path: &Path, rounds: u64) -> Result<()> {
+    let metadata = load_metadata(&LocalStorage, metadata_path)?;
+    let state = metadata
+        .operator(OPERATOR)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} has no operator {OPERATOR}", metadata_path.display()),
+        })?;
+    let backend = MemoryStateBackend::new();
+    for p in [1, 2, 3] {
+        let mut job = open(&backend, p, Some(state))?;
+        assert_eq!(
+            read(&mut job, KEYS)?,
+            model_after(rounds, KEYS),
+            "{} restored at parallelism {p}",
+            metadata_path.display()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn memory_savepoint_fixture() -> Result<()> {
+    write_if_missing("savepoint-memory", |root| {
+        let backend = MemoryStateBackend::new();
+        let mut coordinator = CheckpointCoordinator::open(
+            Arc::new(LocalStorage),
+            root,
+            "job",
+            CheckpointConfig::default(),
+        )?;
+        let mut job = open(&backend, 2, None)?;
+        write_round(&mut job, 1, KEYS)?;
+        checkpoint(&mut coordinator, &mut job)?;
+        write_round(&mut job, 2, KEYS)?;
+        let pending = coordinator.begin_savepoint(&root.join("savepoints"))?;
+        let states = snapshot_all(
+            &mut job,
+            &pending,
+            SnapshotOptions::savepoint(Compression::None),
+        )?;
+        let dir = coordinator.complete_savepoint(pending.id, states)?;
+        Ok(dir.join("_metadata"))
+    })?;
+    check_fixture("savepoint-memory", |m| {
+        let metadata = load_metadata(&LocalStorage, m)?;
+        assert_eq!(metadata.kind, SnapshotKind::Savepoint);
+        for s in &metadata.operators[0].subtasks {
+            let [KeyedStateHandle::KeyGroups(h)] = &s.keyed[..] else {
+                panic!("a canonical full snapshot: {:?}", s.keyed);
+            };
+            assert!(
+                matches!(h.data, StreamStateHandle::InMemory { .. }),
+                "inlined into the metadata"
+            );
+        }
+        restore(m, 2)
+    })
+}
+
+/// backend-fs's savepoint (files, zstd frames) restores on the heap backend.
+#[test]
+fn fs_savepoint_fixture_restores_on_the_heap_backend() -> Result<()> {
+    check_fixture("savepoint-fs", |m| restore(m, 2))
+}

@@ -1,0 +1,250 @@
+//! Golden checkpoint fixtures: whole checkpoints and savepoints (their
+//! `_metadata` and every file it references) written once by a format
+//! version and committed under `testdata/fixtures/v<N>/<name>/`, then
+//! restored by every later build, forever.
+//!
+//! A backend's test calls [`write_if_missing`] with a generator and
+//! [`check_fixture`] with a restore function:
+//!
+//! * The generator runs only when `FLOWSTATE_WRITE_FIXTURES=1` is set and the
+//!   current version's folder of the fixture does not exist: it writes a
+//!   checkpoint (or savepoint) under a temporary root and returns its
+//!   `_metadata`; that file and every file it references are copied into
+//!   the fixture folder, keeping their paths relative to the root. A fixture
+//!   is never rewritten.
+//! * The restore function restores a fixture's `_metadata` and asserts every
+//!   value. [`check_fixture`] runs it on every version's copy, then on
+//!   damaged copies: for each file, a copy with one flipped bit must fail with
+//!   an error of kind [`ErrorKind::Corruption`] naming that file, and a copy
+//!   without a state file must fail with [`Error::StateFileUnreadable`]
+//!   naming the file and the checkpoint that needs it.
+//!
+//! Paths inside `_metadata` are stored relative to the checkpoint's job folder
+//! (or the savepoint's folder), so a fixture restores from wherever the
+//! repository is, and from a copy.
+
+use std::path::{Path, PathBuf};
+
+use state_api::checkpoint::layout::METADATA_FILE;
+use state_api::checkpoint::{load_metadata, LocalStorage};
+use state_api::format::FormatVersion;
+use state_api::{Error, ErrorKind, Result};
+
+/// The environment variable that lets [`write_if_missing`] write fixtures.
+pub const WRITE_ENV: &str = "FLOWSTATE_WRITE_FIXTURES";
+
+/// `testdata/fixtures` of the repository.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/fixtures")
+}
+
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{what} {}", path.display());
+    move |e| Error::io(context, e)
+}
+
+fn tempdir() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))
+}
+
+/// Writes fixture `name` of the current format version with `generate`, if
+/// [`WRITE_ENV`] is set and the fixture does not exist yet. `generate` gets
+/// an empty root folder and returns the path of the `_metadata` it wrote
+/// under it.
+pub fn write_if_missing(name: &str, generate: impl FnOnce(&Path) -> Result<PathBuf>) -> Result<()> {
+    let target = root()
+        .join(format!("v{}", FormatVersion::CURRENT.number()))
+        .join(name);
+    if std::env::var_os(WRITE_ENV).is_none() || target.exists() {
+        return Ok(());
+    }
+    let temp = tempdir()?;
+    let metadata_path = generate(temp.path())?;
+    let metadata = load_metadata(&LocalStorage, &metadata_path)?;
+    let mut files = vec![metadata_path];
+    files.extend(metadata.files());
+    for file in files {
+        let relative = file
+            .strip_prefix(temp.path())
+            .map_err(|_| Error::InvalidArgument {
+                what: format!("fixture file {} is outside its root", file.display()),
+            })?;
+        let dest = target.join(relative);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        std::fs::copy(&file, &dest).map_err(io("copying", &file))?;
+    }
+    Ok(())
+}
+
+/// The `_metadata` of fixture `name` in every version folder that has it,
+/// oldest version first.
+pub fn versions(name: &str) -> Result<Vec<PathBuf>> {
+    let root = root();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&root).map_err(io("listing", &root))? {
+        let entry = entry.map_err(io("listing", &root))?;
+        let folder = entry.file_name().to_string_lossy().into_owned();
+        let Some(version) = folder.strip_prefix('v').and_then(|v| v.parse::<u16>().ok()) else {
+            continue;
+        };
+        let fixture = entry.path().join(name);
+        if fixture.exists() {
+            found.push((version, find_metadata(&fixture)?));
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// The one `_metadata` under `folder`.
+fn find_metadata(folder: &Path) -> Result<PathBuf> {
+    let mut found = Vec::new();
+    for file in walk(folder)? {
+        if file.file_name().and_then(|n| n.to_str()) == Some(METADATA_FILE) {
+            found.push(file);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Error::InvalidArgument {
+            what: format!(
+                "fixture {} holds {} _metadata files, not one",
+                folder.display(),
+                found.len()
+            ),
+        }),
+    }
+}
+
+/// Every file under `folder`, recursively.
+fn walk(folder: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io("listing", &dir))? {
+            let path = entry.map_err(io("listing", &dir))?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Copies the fixture folder holding `metadata_path` into `dest`; returns the
+/// copy's `_metadata`.
+fn copy_fixture(fixture: &Path, metadata_path: &Path, dest: &Path) -> Result<PathBuf> {
+    for file in walk(fixture)? {
+        let relative = file
+            .strip_prefix(fixture)
+            .map_err(|_| Error::InvalidArgument {
+                what: format!("{} is outside {}", file.display(), fixture.display()),
+            })?;
+        let to = dest.join(relative);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        std::fs::copy(&file, &to).map_err(io("copying", &file))?;
+    }
+    let relative = metadata_path
+        .strip_prefix(fixture)
+        .map_err(|_| Error::InvalidArgument {
+            what: format!("{} is outside its fixture", metadata_path.display()),
+        })?;
+    Ok(dest.join(relative))
+}
+
+/// Restores every version of fixture `name` with `restore` (which asserts
+/// every value), then checks damaged copies of it (see the module docs).
+/// Fails if no version of the fixture is committed.
+pub fn check_fixture(name: &str, restore: impl Fn(&Path) -> Result<()>) -> Result<()> {
+    let all = versions(name)?;
+    assert!(
+        !all.is_empty(),
+        "fixture {name} is not committed under {}; write it with {WRITE_ENV}=1",
+        root().display()
+    );
+    for metadata_path in all {
+        restore(&metadata_path)?;
+        check_damaged_copies(name, &metadata_path, &restore)?;
+    }
+    Ok(())
+}
+
+fn fixture_folder(name: &str, metadata_path: &Path) -> Result<PathBuf> {
+    metadata_path
+        .ancestors()
+        .find(|a| a.file_name().and_then(|n| n.to_str()) == Some(name))
+        .map(Path::to_path_buf)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} is not inside fixture {name}", metadata_path.display()),
+        })
+}
+
+fn check_damaged_copies(
+    name: &str,
+    metadata_path: &Path,
+    restore: &impl Fn(&Path) -> Result<()>,
+) -> Result<()> {
+    let fixture = fixture_folder(name, metadata_path)?;
+    let metadata = load_metadata(&LocalStorage, metadata_path)?;
+    let mut files = vec![metadata_path.to_path_buf()];
+    files.extend(metadata.files());
+    for file in &files {
+        let relative = file
+            .strip_prefix(&fixture)
+            .map_err(|_| Error::InvalidArgument {
+                what: format!("{} is outside fixture {name}", file.display()),
+            })?;
+        let file_name = relative
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+
+        let temp = tempdir()?;
+        let copy = copy_fixture(&fixture, metadata_path, temp.path())?;
+        let damaged = temp.path().join(relative);
+        let mut bytes = std::fs::read(&damaged).map_err(io("reading", &damaged))?;
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x04;
+        std::fs::write(&damaged, &bytes).map_err(io("writing", &damaged))?;
+        match restore(&copy) {
+            Ok(()) => panic!("{name}: a flipped bit in {file_name} restored silently"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corruption, "{name}, {file_name}: {e}");
+                assert!(
+                    e.to_string().contains(&file_name),
+                    "{name}: the error names {file_name}: {e}"
+                );
+            }
+        }
+
+        if file == metadata_path {
+            continue;
+        }
+        let temp = tempdir()?;
+        let copy = copy_fixture(&fixture, metadata_path, temp.path())?;
+        let missing = temp.path().join(relative);
+        std::fs::remove_file(&missing).map_err(io("removing", &missing))?;
+        match restore(&copy) {
+            Ok(()) => panic!("{name}: restored without {file_name}"),
+            Err(e) => {
+                assert!(
+                    matches!(&e, Error::StateFileUnreadable { file, needed_by, .. }
+                        if file.contains(&file_name)
+                            && needed_by.contains(&format!("checkpoint {}", metadata.checkpoint_id))),
+                    "{name}: a missing {file_name} names the file and checkpoint {}: {e}",
+                    metadata.checkpoint_id
+                );
+                assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+            }
+        }
+    }
+    Ok(())
+}
