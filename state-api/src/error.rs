@@ -238,6 +238,14 @@ pub enum Error {
     /// The backend is closed.
     #[error("the backend is closed")]
     Closed,
+    /// The backend refuses all work because an earlier write failed and may
+    /// have left its state incomplete. Dispose of it and restore from the last
+    /// completed checkpoint.
+    #[error("the backend refuses work after an earlier failure (restore it from the last completed checkpoint); first failure: {first}")]
+    Poisoned {
+        /// The error that poisoned the backend.
+        first: String,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -279,7 +287,7 @@ impl Error {
             Error::Codec { .. } | Error::User(_) => ErrorKind::User,
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
-            Error::Closed => ErrorKind::Closed,
+            Error::Closed | Error::Poisoned { .. } => ErrorKind::Closed,
             Error::Io { .. } => ErrorKind::Io,
         }
     }
