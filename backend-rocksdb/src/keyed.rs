@@ -1,9 +1,40 @@
 //! The RocksDB keyed backend: one column family per state, keys laid out by
 //! [`crate::keys`], values as the state's codec writes them, lists appended
 //! through a merge operator.
+//!
+//! # Failure handling
+//!
+//! A write into the live instance that fails may have lost state: the write
+//! buffer is drained into the batch before the batch is written, a merge or
+//! range delete may or may not have been applied, and a RocksDB instance that
+//! failed to write its files stops accepting writes anyway. So the first
+//! failed write *poisons* the backend (as redb's `PreviousIo` does): the
+//! failing call returns its error, and every later state access, registration
+//! and snapshot returns [`Error::Poisoned`] naming that first failure, until
+//! the backend is dropped and restored from the last completed checkpoint.
+//! Checking for it costs nothing extra: it is the flag a closed backend sets.
+//!
+//! Per failure point:
+//!
+//! | where | what fails | effect |
+//! | --- | --- | --- |
+//! | write buffer flush | the sorted batch of buffered writes | poisons |
+//! | list append | a merge written straight into RocksDB | poisons |
+//! | map clear | a range delete | poisons |
+//! | registration | creating a column family, or the batch of a schema migration | poisons |
+//! | checkpoint, synchronous part | switching the memtables out for flushing | poisons: the live memtables cannot be made into files |
+//! | checkpoint, asynchronous part | waiting for that flush, linking the files, uploading them, writing a canonical snapshot | fails that checkpoint only: it reads the live instance and writes elsewhere |
+//! | restore | writing records, clipping key groups, ingesting files | fails the restore; no backend exists, its folder is removed |
+//!
+//! A failed background flush is not a failure of the task's write: RocksDB
+//! keeps the memtable readable, retries what it can, and rejects the next
+//! write if it cannot, which then poisons the backend. Failed reads change
+//! nothing and poison nothing. A snapshot whose synchronous part completed
+//! before the backend was poisoned still holds exactly the state at its
+//! barrier, so it is not cancelled.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +69,7 @@ use state_api::state::{Namespace, StateKey, StateMeta, StateValue, StorageShape}
 use state_api::{Error, KeyGroupRange, Result};
 
 use crate::buffer::WriteBuffer;
+use crate::fault::{FailPoint, Faults};
 use crate::keys::{self, decode, put_entry_key, put_prefix};
 use crate::native::{self, Capture, CaptureGate, FolderGuard, NativeSnapshot, Uploads};
 
@@ -66,6 +98,10 @@ pub struct RocksOptions {
     /// false every checkpoint is a full canonical snapshot. Savepoints are
     /// always canonical.
     pub incremental: bool,
+    /// Failure injection for this crate's tests (cargo feature
+    /// `fault-injection`); empty and free otherwise.
+    #[doc(hidden)]
+    pub faults: Faults,
 }
 
 impl Default for RocksOptions {
@@ -77,6 +113,7 @@ impl Default for RocksOptions {
             memtable_bloom_ratio: 0.0,
             max_value_bytes: MAX_FRAME_PAYLOAD - 4096,
             incremental: true,
+            faults: Faults::default(),
         }
     }
 }
@@ -86,6 +123,8 @@ impl Default for RocksOptions {
 pub(crate) struct DbInstance {
     pub(crate) db: Db,
     pub(crate) name: String,
+    /// Failure points of tests.
+    pub(crate) faults: Faults,
     folder: FolderGuard,
 }
 
@@ -126,9 +165,16 @@ pub(crate) fn rocks_err<'a>(
     db: &'a str,
     what: &'a str,
 ) -> impl FnOnce(rocksdb::Error) -> Error + 'a {
-    move |e| Error::Io {
+    move |e| engine_error(db, what, e.into_string())
+}
+
+/// The error of a failed RocksDB call: the instance, the operation and
+/// RocksDB's status text.
+#[cold]
+pub(crate) fn engine_error(db: &str, what: &str, status: String) -> Error {
+    Error::Io {
         context: format!("RocksDB {db}: {what}"),
-        source: std::io::Error::other(e.into_string()),
+        source: std::io::Error::other(status),
     }
 }
 
@@ -193,6 +239,7 @@ pub(crate) fn open_instance(
         Arc::new(DbInstance {
             db,
             name,
+            faults: options.faults.clone(),
             folder: FolderGuard(folder.to_path_buf()),
         }),
         cache,
@@ -249,7 +296,12 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     /// Restored states not registered yet (their data is already in RocksDB).
     pending: Vec<StateMeta>,
     running: CancellationRegistry,
+    /// Set when the backend refuses every call: closed, or poisoned.
+    refusing: Cell<bool>,
+    /// Set by [`KeyedStateBackend::close`].
     closed: bool,
+    /// The first failed write (see the module documentation).
+    failure: OnceCell<String>,
     /// Closed while an incremental checkpoint captures its files.
     gate: Arc<CaptureGate>,
     /// Estimated memtable bytes written while the gate is closed.
@@ -357,7 +409,9 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             states: Vec::new(),
             pending: Vec::new(),
             running: CancellationRegistry::default(),
+            refusing: Cell::new(false),
             closed: false,
+            failure: OnceCell::new(),
             gate: Arc::default(),
             held_bytes: AtomicUsize::new(0),
             uploads: Arc::default(),
@@ -420,21 +474,61 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         &self.inst.name
     }
 
+    #[inline]
     fn check_open(&self) -> Result<()> {
-        if self.closed {
-            Err(Error::Closed)
+        if self.refusing.get() {
+            Err(self.refusal())
         } else {
             Ok(())
         }
     }
 
+    /// Why the backend refuses calls: closed by the caller, or poisoned.
+    #[cold]
+    fn refusal(&self) -> Error {
+        match self.failure.get() {
+            Some(first) if !self.closed => Error::Poisoned {
+                first: first.clone(),
+            },
+            _ => Error::Closed,
+        }
+    }
+
+    /// The outcome of a write into the live instance: a failure poisons the
+    /// backend (see the module documentation).
+    #[inline]
+    fn live<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.poison(e);
+        }
+        result
+    }
+
+    #[cold]
+    fn poison(&self, error: &Error) {
+        let _ = self.failure.set(error.to_string());
+        self.refusing.set(true);
+        // Nothing buffered will ever be written.
+        if let Ok(mut buffer) = self.buffer.try_borrow_mut() {
+            buffer.clear();
+        }
+    }
+
     fn create_cf(&self, name: &str) -> Result<()> {
         if self.inst.db.cf_handle(name).is_none() {
+            let what = format!("creating column family '{name}'");
             let opts = column_family_options(&self.options, &self.cache);
-            self.inst.db.create_cf(name, &opts).map_err(rocks_err(
-                &self.inst.name,
-                &format!("creating column family '{name}'"),
-            ))?;
+            self.live(
+                self.inst
+                    .faults
+                    .check(FailPoint::CreateColumnFamily, self.db_name(), &what)
+                    .and_then(|()| {
+                        self.inst
+                            .db
+                            .create_cf(name, &opts)
+                            .map_err(rocks_err(self.db_name(), &what))
+                    }),
+            )?;
         }
         Ok(())
     }
@@ -516,19 +610,24 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                     Ok(())
                 })?;
                 if batch.size_in_bytes() > 4 << 20 {
-                    self.inst
-                        .db
-                        .write_opt(std::mem::take(&mut batch), &self.write_options)
-                        .map_err(rocks_err(&self.inst.name, "restoring"))?;
+                    self.restore_write(std::mem::take(&mut batch))?;
                 }
             }
             drop(cfs);
-            self.inst
-                .db
-                .write_opt(std::mem::take(&mut batch), &self.write_options)
-                .map_err(rocks_err(&self.inst.name, "restoring"))?;
+            self.restore_write(std::mem::take(&mut batch))?;
         }
         Ok(())
+    }
+
+    /// Writes a batch of restored records (a failure fails the restore).
+    fn restore_write(&self, batch: WriteBatch) -> Result<()> {
+        self.inst
+            .faults
+            .check(FailPoint::RestoreWrite, self.db_name(), "restoring")?;
+        self.inst
+            .db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks_err(&self.inst.name, "restoring"))
     }
 
     /// Registers a state: the existing one after checking it matches, a
@@ -606,18 +705,23 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         it.status()
             .map_err(rocks_err(self.db_name(), "migrating"))?;
         drop(it);
-        self.inst
-            .db
-            .write_opt(batch, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "migrating"))
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::Migrate, self.db_name(), "migrating")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .write_opt(batch, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "migrating"))
+                }),
+        )
     }
 
     /// The registered state of a handle, its codecs, and the entry key of
     /// (current key, `namespace`) in `self.scratch`.
     fn locate<C: Any, N: Namespace>(&mut self, core: &HandleCore, namespace: &N) -> Result<usize> {
-        if self.closed {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         if core.backend() != self.id {
             return Err(Error::ForeignHandle {
                 name: core.name().to_string(),
@@ -728,7 +832,10 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
 
     /// Writes the buffered writes into RocksDB as one batch, sorted by key
     /// (sorted inserts are what RocksDB's memtable does fastest).
+    /// The buffered writes leave the buffer before the batch is written, so a
+    /// failed write poisons the backend.
     fn flush_buffer(&self) -> Result<()> {
+        self.check_open()?;
         let mut buffer = self.buffer.borrow_mut();
         if buffer.is_empty() {
             return Ok(());
@@ -737,24 +844,37 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         let (bytes, count) = buffer.drain_into(&mut batch, self.handles.borrow_dependent());
         drop(buffer);
         self.before_write(bytes, count);
-        self.inst
-            .db
-            .write_opt(batch, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "write"))
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::BufferWrite, self.db_name(), "write")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .write_opt(batch, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "write"))
+                }),
+        )
     }
 
     fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
         self.flush_buffer()?;
+        let Some(end) = keys::successor(prefix) else {
+            return Ok(());
+        };
         self.before_write(2 * prefix.len(), 1);
         let cf = self.cf_at(index);
-        match keys::successor(prefix) {
-            Some(end) => self
-                .inst
-                .db
-                .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
-                .map_err(rocks_err(self.db_name(), "delete range")),
-            None => Ok(()),
-        }
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::DeleteRange, self.db_name(), "delete range")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "delete range"))
+                }),
+        )
     }
 
     /// Every (key, namespace) entry of a state, decoded with `f`.
@@ -1052,10 +1172,17 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         }
         self.before_write(self.scratch.len() + operand.len(), 1);
         let cf = self.cf_at(i);
-        self.inst
-            .db
-            .merge_cf_opt(cf, &self.scratch, operand, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "merge"))
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::Merge, self.db_name(), "merge")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .merge_cf_opt(cf, &self.scratch, operand, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "merge"))
+                }),
+        )
     }
 
     fn list_replace<N: Namespace, T: StateValue>(
@@ -1263,8 +1390,8 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn num_entries(&self) -> Result<usize> {
-        self.flush_buffer()?;
         self.check_open()?;
+        self.flush_buffer()?;
         let mut n = 0;
         for name in self.metas().iter().map(|m| m.name.clone()) {
             let cf = self.cf(&name)?;
@@ -1392,6 +1519,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     fn close(&mut self) {
         self.buffer.borrow_mut().clear();
         self.closed = true;
+        self.refusing.set(true);
         self.running.cancel_all();
         self.current = None;
     }
@@ -1412,7 +1540,13 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             self.inst.folder().display(),
             unique_file_name()
         ));
-        let capture = Capture::start(self.inst.clone(), &self.gate, cfs, capture_dir)?;
+        // The memtable switch is a write into the live instance.
+        let capture = self.live(Capture::start(
+            self.inst.clone(),
+            &self.gate,
+            cfs,
+            capture_dir,
+        ))?;
         self.held_bytes.store(0, Ordering::Relaxed);
         let job = NativeSnapshot {
             capture,

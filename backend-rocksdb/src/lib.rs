@@ -16,6 +16,9 @@
 //! * Restore opens native checkpoint files in place (clipping other key groups
 //!   with `delete_range`, merging other handles by SST ingestion) and reads
 //!   canonical and heap-incremental handles of any key-group ranges.
+//! * A failed write into RocksDB poisons the keyed backend: every later call
+//!   returns [`state_api::Error::Poisoned`] until it is restored from the last
+//!   completed checkpoint (see [`keyed`]).
 //! * Operator state uses the shared heap operator backend.
 //!
 //! ```
@@ -39,6 +42,8 @@
 //! ```
 
 pub mod buffer;
+#[doc(hidden)]
+pub mod fault;
 pub mod keyed;
 pub mod keys;
 pub mod native;

@@ -50,6 +50,7 @@ use state_api::snapshot::stream::{
 use state_api::snapshot::task::Cancellation;
 use state_api::{Error, KeyGroupRange, Result};
 
+use crate::fault::FailPoint;
 use crate::keyed::{rocks_err, Db, DbInstance};
 use crate::keys;
 
@@ -151,11 +152,20 @@ impl Capture {
     fn take(&self, cancel: Option<&Cancellation>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*state, CaptureState::Waiting) {
-            let result = wait_flushed(&self.inst, &self.cfs, cancel).and_then(|()| {
-                Checkpoint::new(&self.inst.db)
-                    .and_then(|c| c.create_checkpoint_with_log_size(&self.dir.0, u64::MAX))
-                    .map_err(rocks_err(&self.inst.name, "creating a checkpoint"))
-            });
+            let result = self
+                .inst
+                .faults
+                .check(
+                    FailPoint::CheckpointCapture,
+                    &self.inst.name,
+                    "creating a checkpoint",
+                )
+                .and_then(|()| wait_flushed(&self.inst, &self.cfs, cancel))
+                .and_then(|()| {
+                    Checkpoint::new(&self.inst.db)
+                        .and_then(|c| c.create_checkpoint_with_log_size(&self.dir.0, u64::MAX))
+                        .map_err(rocks_err(&self.inst.name, "creating a checkpoint"))
+                });
             *state = match &result {
                 Ok(()) => CaptureState::Taken,
                 Err(e) => CaptureState::Failed(e.to_string()),
@@ -217,6 +227,8 @@ fn start_flush(inst: &DbInstance, cfs: &[String]) -> Result<()> {
         .collect::<Vec<_>>();
     let mut opts = FlushOptions::default();
     opts.set_wait(false);
+    inst.faults
+        .check(FailPoint::CheckpointFlush, &inst.name, "flushing")?;
     inst.db
         .flush_cfs_opt(&handles.iter().collect::<Vec<_>>(), &opts)
         .map_err(rocks_err(&inst.name, "flushing"))
@@ -456,6 +468,11 @@ pub(crate) fn clip(
         let Some(cf) = inst.db.cf_handle(name) else {
             continue;
         };
+        inst.faults.check(
+            FailPoint::RestoreClip,
+            &inst.name,
+            "dropping key groups outside the range",
+        )?;
         if keep.start() > 0 {
             inst.db
                 .delete_file_in_range_cf(&cf, &[][..], &below_upper[..])
@@ -528,6 +545,11 @@ pub(crate) fn copy_key_groups(
             .map_err(rocks_err(&target.name, "writing an SST to ingest"))?;
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
+        target.faults.check(
+            FailPoint::RestoreIngest,
+            &target.name,
+            "ingesting restored key groups",
+        )?;
         target
             .db
             .ingest_external_file_cf_opts(&to, &ingest, vec![&path])
