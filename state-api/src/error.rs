@@ -246,6 +246,21 @@ pub enum Error {
         /// The error that poisoned the backend.
         first: String,
     },
+    /// An embedded storage engine (RocksDB) reported a failure. The backend
+    /// classifies the engine's status into `kind`.
+    #[error("{engine} {instance}: {operation} failed: {status}")]
+    Engine {
+        /// The engine, e.g. `RocksDB`.
+        engine: &'static str,
+        /// The engine instance (its folder).
+        instance: String,
+        /// What the backend asked the engine to do.
+        operation: String,
+        /// The engine's status text, as it reported it.
+        status: String,
+        /// What the caller can do about it.
+        kind: ErrorKind,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -289,6 +304,7 @@ impl Error {
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::Closed | Error::Poisoned { .. } => ErrorKind::Closed,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Engine { kind, .. } => *kind,
         }
     }
 
