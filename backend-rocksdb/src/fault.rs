@@ -94,7 +94,12 @@ impl Faults {
 /// write to its files.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 fn injected(point: FailPoint, db: &str, what: &str) -> Error {
-    crate::keyed::engine_error(db, what, format!("IO error: injected failure at {point:?}"))
+    crate::keyed::engine_error(
+        db,
+        what,
+        &rocksdb::ErrorKind::IOError,
+        format!("IO error: injected failure at {point:?}"),
+    )
 }
 
 impl fmt::Debug for Faults {

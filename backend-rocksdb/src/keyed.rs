@@ -66,7 +66,7 @@ use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
 };
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue, StorageShape};
-use state_api::{Error, KeyGroupRange, Result};
+use state_api::{Error, ErrorKind, KeyGroupRange, Result};
 
 use crate::buffer::WriteBuffer;
 use crate::fault::{FailPoint, Faults};
@@ -165,16 +165,68 @@ pub(crate) fn rocks_err<'a>(
     db: &'a str,
     what: &'a str,
 ) -> impl FnOnce(rocksdb::Error) -> Error + 'a {
-    move |e| engine_error(db, what, e.into_string())
+    move |e| {
+        let kind = e.kind();
+        engine_error(db, what, &kind, e.into_string())
+    }
 }
 
 /// The error of a failed RocksDB call: the instance, the operation and
-/// RocksDB's status text.
+/// RocksDB's status text, classified by [`status_kind`].
 #[cold]
-pub(crate) fn engine_error(db: &str, what: &str, status: String) -> Error {
-    Error::Io {
-        context: format!("RocksDB {db}: {what}"),
-        source: std::io::Error::other(status),
+pub(crate) fn engine_error(
+    db: &str,
+    what: &str,
+    kind: &rocksdb::ErrorKind,
+    status: String,
+) -> Error {
+    Error::Engine {
+        engine: "RocksDB",
+        instance: db.to_string(),
+        operation: what.to_string(),
+        status,
+        kind: status_kind(kind),
+    }
+}
+
+/// What a caller can do about a RocksDB status.
+///
+/// * `Corruption`, and a column family that was dropped under the backend:
+///   the instance's files are damaged or incomplete, so restore from a
+///   checkpoint ([`ErrorKind::Corruption`]).
+/// * `InvalidArgument`: RocksDB refused the request itself, e.g. options it
+///   cannot honour ([`ErrorKind::InvalidArgument`]).
+/// * `NotSupported`: intact files that need something this build lacks (a
+///   table format version, a compression library). The backend never issues
+///   an operation a mode does not support (it writes only to instances it
+///   opened for writing), so this comes from opening files written elsewhere
+///   ([`ErrorKind::IncompatibleFormat`]).
+/// * `ShutdownInProgress`: the instance is closing ([`ErrorKind::Closed`]).
+/// * `IOError`, `NotFound` (a file RocksDB expected is gone), and the
+///   transient statuses `Busy`, `Incomplete`, `TimedOut`, `TryAgain`,
+///   `Aborted`, `Expired`, plus any status RocksDB adds later:
+///   [`ErrorKind::Io`]. The transient ones are failures of the storage layer
+///   that are neither damage nor the caller's mistake, and the caller's
+///   choice is the one it has for I/O: retry, or fail over to the last
+///   checkpoint; [`ErrorKind`] has no separate transient kind.
+pub(crate) fn status_kind(kind: &rocksdb::ErrorKind) -> ErrorKind {
+    use rocksdb::ErrorKind as Status;
+    match kind {
+        Status::Corruption | Status::ColumnFamilyDropped => ErrorKind::Corruption,
+        Status::InvalidArgument => ErrorKind::InvalidArgument,
+        Status::NotSupported => ErrorKind::IncompatibleFormat,
+        Status::ShutdownInProgress => ErrorKind::Closed,
+        Status::IOError
+        | Status::NotFound
+        | Status::Busy
+        | Status::Incomplete
+        | Status::TimedOut
+        | Status::TryAgain
+        | Status::Aborted
+        | Status::Expired
+        | Status::MergeInProgress
+        | Status::CompactionTooLarge
+        | Status::Unknown => ErrorKind::Io,
     }
 }
 
@@ -1596,5 +1648,91 @@ fn native_meta(n: &IncrementalNativeStateHandle) -> KeyedSnapshotMeta {
         key_codec: n.key_codec.clone(),
         states: n.states.clone(),
         delta: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rocksdb_status_has_the_documented_kind() {
+        use rocksdb::ErrorKind as Status;
+        let table = [
+            (Status::Corruption, ErrorKind::Corruption),
+            (Status::ColumnFamilyDropped, ErrorKind::Corruption),
+            (Status::InvalidArgument, ErrorKind::InvalidArgument),
+            (Status::NotSupported, ErrorKind::IncompatibleFormat),
+            (Status::ShutdownInProgress, ErrorKind::Closed),
+            (Status::IOError, ErrorKind::Io),
+            (Status::NotFound, ErrorKind::Io),
+            (Status::Busy, ErrorKind::Io),
+            (Status::Incomplete, ErrorKind::Io),
+            (Status::TimedOut, ErrorKind::Io),
+            (Status::TryAgain, ErrorKind::Io),
+            (Status::Aborted, ErrorKind::Io),
+            (Status::Expired, ErrorKind::Io),
+            (Status::MergeInProgress, ErrorKind::Io),
+            (Status::CompactionTooLarge, ErrorKind::Io),
+            (Status::Unknown, ErrorKind::Io),
+        ];
+        for (status, kind) in table {
+            assert_eq!(status_kind(&status), kind, "{status:?}");
+            let e = engine_error("db", "op", &status, "text".into());
+            assert_eq!(e.kind(), kind, "{status:?}");
+        }
+    }
+
+    /// The error of a RocksDB call keeps the instance, the operation and the
+    /// status text apart.
+    fn check(result: std::result::Result<Db, rocksdb::Error>, kind: ErrorKind, prefix: &str) {
+        let Err(e) = result.map(drop).map_err(rocks_err("inst", "open")) else {
+            panic!("expected a {prefix} status");
+        };
+        assert_eq!(e.kind(), kind, "{e}");
+        match &e {
+            Error::Engine {
+                engine,
+                instance,
+                operation,
+                status,
+                ..
+            } => {
+                assert_eq!(
+                    (*engine, instance.as_str(), operation.as_str()),
+                    ("RocksDB", "inst", "open")
+                );
+                assert!(status.starts_with(prefix), "{status}");
+            }
+            other => panic!("expected Error::Engine, got {other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with("RocksDB inst: open failed: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn statuses_of_real_rocksdb_failures_are_classified() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("db");
+        let mut opts = Options::default();
+
+        // Opening a missing instance without create_if_missing.
+        check(
+            Db::open(&opts, &path),
+            ErrorKind::InvalidArgument,
+            "Invalid argument",
+        );
+
+        // Opening an instance another handle holds: its lock file is taken.
+        opts.create_if_missing(true);
+        let held = Db::open(&opts, &path).expect("opens");
+        check(Db::open(&opts, &path), ErrorKind::Io, "IO error");
+        drop(held);
+
+        // A damaged CURRENT file.
+        std::fs::write(path.join("CURRENT"), b"MANIFEST-garbage").expect("writes");
+        check(Db::open(&opts, &path), ErrorKind::Corruption, "Corruption");
     }
 }

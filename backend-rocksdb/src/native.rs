@@ -48,7 +48,7 @@ use state_api::snapshot::stream::{
     check_file_size, CheckpointStreamFactory, StreamScope, StreamStateHandle,
 };
 use state_api::snapshot::task::Cancellation;
-use state_api::{Error, KeyGroupRange, Result};
+use state_api::{Error, ErrorKind, KeyGroupRange, Result};
 
 use crate::fault::FailPoint;
 use crate::keyed::{rocks_err, Db, DbInstance};
@@ -111,7 +111,8 @@ impl CaptureGate {
 enum CaptureState {
     Waiting,
     Taken,
-    Failed(String),
+    /// The capture failed: the error's kind and text.
+    Failed(ErrorKind, String),
     Abandoned,
 }
 
@@ -168,16 +169,19 @@ impl Capture {
                 });
             *state = match &result {
                 Ok(()) => CaptureState::Taken,
-                Err(e) => CaptureState::Failed(e.to_string()),
+                Err(e) => CaptureState::Failed(e.kind(), e.to_string()),
             };
             self.gate.finish(self);
             return result;
         }
         match &*state {
             CaptureState::Taken => Ok(()),
-            CaptureState::Failed(e) => Err(Error::Io {
-                context: format!("RocksDB {}: capturing a checkpoint", self.inst.name),
-                source: std::io::Error::other(e.clone()),
+            CaptureState::Failed(kind, e) => Err(Error::Engine {
+                engine: "RocksDB",
+                instance: self.inst.name.clone(),
+                operation: "capturing a checkpoint".into(),
+                status: e.clone(),
+                kind: *kind,
             }),
             _ => Err(Error::Cancelled {
                 reason: "the checkpoint was abandoned".into(),
@@ -256,9 +260,12 @@ fn wait_flushed(inst: &DbInstance, cfs: &[String], cancel: Option<&Cancellation>
                 c.check("RocksDB checkpoint")?;
             }
             if prop(inst, &cf, BACKGROUND_ERRORS)? > 0 {
-                return Err(Error::Io {
-                    context: format!("RocksDB {}: flushing for a checkpoint", inst.name),
-                    source: std::io::Error::other("a background flush or compaction failed"),
+                return Err(Error::Engine {
+                    engine: "RocksDB",
+                    instance: inst.name.clone(),
+                    operation: "flushing for a checkpoint".into(),
+                    status: "a background flush or compaction failed".into(),
+                    kind: ErrorKind::Io,
                 });
             }
             std::thread::sleep(pause);
