@@ -71,6 +71,7 @@ use state_api::{Error, ErrorKind, KeyGroupRange, Result};
 use crate::buffer::WriteBuffer;
 use crate::fault::{FailPoint, Faults};
 use crate::keys::{self, decode, put_entry_key, put_prefix};
+use crate::memory::{BudgetMember, MemoryBudget, MemoryMode};
 use crate::native::{self, Capture, CaptureGate, FolderGuard, NativeSnapshot, Uploads};
 
 pub(crate) type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
@@ -81,11 +82,17 @@ const LIST_MERGE_OPERATOR: &str = "flowstate-list-append";
 /// Tuning of the RocksDB instances.
 #[derive(Clone, Debug)]
 pub struct RocksOptions {
-    /// Block cache shared by the column families of one instance, in bytes.
+    /// How instances use memory: by default they share the process-wide
+    /// [`MemoryBudget`] (block cache, memtables and write buffers); see
+    /// [`crate::memory`].
+    pub memory: MemoryMode,
+    /// Block cache of one instance in [`MemoryMode::PerInstance`], in bytes
+    /// (with a budget, the budget's cache is used instead).
     pub block_cache_bytes: usize,
     /// Bloom filter bits per key (0 turns the filter off).
     pub bloom_bits_per_key: f64,
-    /// Memtable size per column family, in bytes.
+    /// Memtable size per column family, in bytes (with a budget, RocksDB may
+    /// flush memtables earlier to keep them within it).
     pub write_buffer_bytes: usize,
     /// Size of a whole-key bloom filter in each memtable, as a fraction of
     /// the memtable (0 turns it off); it lets gets of absent keys skip the
@@ -107,6 +114,7 @@ pub struct RocksOptions {
 impl Default for RocksOptions {
     fn default() -> Self {
         RocksOptions {
+            memory: MemoryMode::default(),
             block_cache_bytes: 64 << 20,
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 64 << 20,
@@ -115,6 +123,21 @@ impl Default for RocksOptions {
             incremental: true,
             faults: Faults::default(),
         }
+    }
+}
+
+impl RocksOptions {
+    /// Instances share `budget` (see [`crate::memory`]).
+    pub fn with_memory_budget(mut self, budget: MemoryBudget) -> Self {
+        self.memory = MemoryMode::Budget(budget);
+        self
+    }
+
+    /// Each instance has its own cache, memtables and write buffer, with no
+    /// bound on their sum (see [`MemoryMode::PerInstance`]).
+    pub fn with_memory_per_instance(mut self) -> Self {
+        self.memory = MemoryMode::PerInstance;
+        self
     }
 }
 
@@ -253,6 +276,14 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
     }
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
+    if !matches!(options.memory, MemoryMode::PerInstance) {
+        // Under a budget, index and filter blocks live in the shared cache
+        // too (counted and evictable) instead of in each table reader; those
+        // of L0 files, read by every lookup, stay pinned there.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    }
     if options.bloom_bits_per_key > 0.0 {
         table.set_bloom_filter(options.bloom_bits_per_key, false);
     }
@@ -262,17 +293,24 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
 
 /// Opens the instance in `folder`: a fresh one, or with `existing` the
 /// database already placed there (a restored checkpoint), with all its
-/// column families.
+/// column families; with `budget` its cache and memtables are the budget's.
 pub(crate) fn open_instance(
     folder: &Path,
     options: &RocksOptions,
+    budget: Option<&MemoryBudget>,
     existing: bool,
 ) -> Result<(Arc<DbInstance>, Cache)> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
     let name = folder.display().to_string();
-    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let cache = match budget {
+        Some(b) => b.cache().clone(),
+        None => Cache::new_lru_cache(options.block_cache_bytes),
+    };
     let mut db_opts = column_family_options(options, &cache);
+    if let Some(b) = budget {
+        db_opts.set_write_buffer_manager(b.write_buffer_manager());
+    }
     db_opts.create_if_missing(!existing);
     db_opts.create_missing_column_families(true);
     // Checkpoints flush without waiting; leave room for a switched memtable.
@@ -348,6 +386,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     /// Restored states not registered yet (their data is already in RocksDB).
     pending: Vec<StateMeta>,
     running: CancellationRegistry,
+    /// The memory budget the instance shares, if any.
+    memory: Option<BudgetMember>,
     /// Set when the backend refuses every call: closed, or poisoned.
     refusing: Cell<bool>,
     /// Set by [`KeyedStateBackend::close`].
@@ -422,11 +462,12 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         let base = (0..natives.len())
             .filter(|&i| !natives[i].0.range.intersection(&own).is_empty())
             .max_by_key(|&i| natives[i].0.range.intersection(&own).len());
+        let budget = options.memory.budget();
         let (inst, cache) = match base {
             Some(i) => {
                 let b = natives[i].0;
                 native::materialize(b, folder)?;
-                let (inst, cache) = open_instance(folder, &options, true)?;
+                let (inst, cache) = open_instance(folder, &options, budget.as_ref(), true)?;
                 let keep = b.range.intersection(&own);
                 if keep != b.source_range {
                     let names = b.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -434,8 +475,13 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 }
                 (inst, cache)
             }
-            None => open_instance(folder, &options, false)?,
+            None => open_instance(folder, &options, budget.as_ref(), false)?,
         };
+        let memory = budget.map(|b| b.join());
+        let mut buffer = WriteBuffer::default();
+        if let Some(m) = &memory {
+            buffer.set_limit(m.budget().task_buffer_bytes());
+        }
         let mut write_options = WriteOptions::default();
         // Durability comes from checkpoints, not from RocksDB's log.
         write_options.disable_wal(true);
@@ -452,7 +498,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             options,
             write_options,
             read_options: ReadOptions::default(),
-            buffer: RefCell::default(),
+            buffer: RefCell::new(buffer),
             current: None,
             current_group: 0,
             key_prefix: Vec::with_capacity(64),
@@ -461,6 +507,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             states: Vec::new(),
             pending: Vec::new(),
             running: CancellationRegistry::default(),
+            memory,
             refusing: Cell::new(false),
             closed: false,
             failure: OnceCell::new(),
@@ -757,6 +804,9 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         it.status()
             .map_err(rocks_err(self.db_name(), "migrating"))?;
         drop(it);
+        // Like any write, it must not reach an SST while a checkpoint's
+        // files are being captured.
+        self.before_write(batch.size_in_bytes(), batch.len());
         self.live(
             self.inst
                 .faults
@@ -842,6 +892,15 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
 
     #[cold]
     fn hold(&self, bytes: usize, entries: usize) {
+        if self.memory.is_some() {
+            // A budget's write buffer manager may flush the new memtable at
+            // any write once the memtables it counts (of every instance) pass
+            // its limit, and RocksDB may pick a column family whose switched
+            // memtable has just been flushed: no write may reach RocksDB
+            // before the capture is taken.
+            self.gate.settle();
+            return;
+        }
         let add = bytes + entries * native::MEMTABLE_ENTRY_OVERHEAD;
         let held = self.held_bytes.fetch_add(add, Ordering::Relaxed) + add;
         if held > self.options.write_buffer_bytes / 4 {
@@ -894,6 +953,10 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         let mut batch = WriteBatch::default();
         let (bytes, count) = buffer.drain_into(&mut batch, self.handles.borrow_dependent());
+        if let Some(m) = &self.memory {
+            // The budget's share follows the number of instances sharing it.
+            buffer.set_limit(m.budget().task_buffer_bytes());
+        }
         drop(buffer);
         self.before_write(bytes, count);
         self.live(

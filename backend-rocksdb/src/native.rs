@@ -13,7 +13,10 @@
 //!   reach one is a flush of the new memtable, which only a full memtable
 //!   would start, and the gate stops the task before it writes a quarter of
 //!   the memtable budget while a capture is pending (in practice the capture
-//!   takes milliseconds and the task never waits);
+//!   takes milliseconds and the task never waits). Under a
+//!   [`crate::memory::MemoryBudget`] the write buffer manager may also start
+//!   that flush at any write, so there the task takes the capture before its
+//!   first write reaches RocksDB;
 //! * background compactions only rewrite SSTs of the captured state.
 //!
 //! SST files are immutable, so each is uploaded once into `shared/` and
