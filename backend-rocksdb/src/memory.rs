@@ -28,10 +28,10 @@
 //! that flushes and compactions read and write, and the allocator's slack
 //! (glibc keeps freed memory in the arenas of RocksDB's background threads).
 //! The `memory_budget` example measures it: 32 instances of 200,000 keys
-//! under 256 MiB peak at about 55 MiB above the budget, 64 instances at about
-//! 70 MiB; allow 32 MiB plus 1 MiB per instance. Without the budget the same
-//! 32 instances take more than three times as much, and that grows with
-//! every instance.
+//! under 256 MiB peaked 294 MiB above the process's start (312 MiB in a debug
+//! build), 64 instances of 100,000 keys 328 MiB (debug); allow 32 MiB plus
+//! 1 MiB per instance. Without the budget the same 32 instances took 883 MiB,
+//! and that grows with every instance.
 //!
 //! By default ([`MemoryMode::ProcessDefault`]) every instance of the process
 //! shares one budget of [`DEFAULT_BUDGET_BYTES`], created when the first
