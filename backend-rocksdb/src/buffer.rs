@@ -6,6 +6,12 @@
 //! sorted by key, which RocksDB's skip-list memtable inserts much faster than
 //! the same writes one by one in key-group order. Operations over ranges
 //! (map iteration and clearing, key listing, snapshots) flush first.
+//!
+//! The buffer is full at [`MAX_BUFFERED_ENTRIES`] entries or when its
+//! estimated memory (key and value bytes plus [`ENTRY_OVERHEAD`] per entry)
+//! reaches its byte limit: [`MAX_BUFFERED_BYTES`], or less when a
+//! [`crate::memory::MemoryBudget`] shares its write-buffer bytes among many
+//! instances.
 
 use hashbrown::HashMap;
 use rocksdb::{BoundColumnFamily, WriteBatch};
@@ -13,20 +19,47 @@ use std::sync::Arc;
 
 /// Entries a buffer holds before it is flushed.
 pub const MAX_BUFFERED_ENTRIES: usize = 16 * 1024;
-/// Key and value bytes a buffer holds before it is flushed.
+/// Estimated bytes a buffer holds before it is flushed, at most.
 pub const MAX_BUFFERED_BYTES: usize = 4 << 20;
+/// Estimated memory of a buffered entry on top of its key and value bytes:
+/// its hash-table slot at the table's load factor and two heap allocations;
+/// deliberately high.
+pub const ENTRY_OVERHEAD: usize = 128;
 
 type Map = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// Buffered writes by state index: `Some(value)` is a put, `None` a delete.
-#[derive(Default)]
 pub struct WriteBuffer {
     states: Vec<Map>,
     entries: usize,
     bytes: usize,
+    /// Estimated memory at which the buffer is full.
+    limit: usize,
+}
+
+impl Default for WriteBuffer {
+    fn default() -> Self {
+        WriteBuffer {
+            states: Vec::new(),
+            entries: 0,
+            bytes: 0,
+            limit: MAX_BUFFERED_BYTES,
+        }
+    }
 }
 
 impl WriteBuffer {
+    /// Sets the estimated memory at which the buffer is full (at most
+    /// [`MAX_BUFFERED_BYTES`]).
+    pub fn set_limit(&mut self, bytes: usize) {
+        self.limit = bytes.min(MAX_BUFFERED_BYTES);
+    }
+
+    /// Estimated memory of the buffered entries.
+    pub fn estimated_bytes(&self) -> usize {
+        self.bytes + self.entries * ENTRY_OVERHEAD
+    }
+
     /// The buffered write of `key` in state `index`, if any: `Some(None)` is
     /// a buffered delete.
     #[inline]
@@ -78,7 +111,7 @@ impl WriteBuffer {
     }
 
     fn is_full(&self) -> bool {
-        self.entries >= MAX_BUFFERED_ENTRIES || self.bytes >= MAX_BUFFERED_BYTES
+        self.entries >= MAX_BUFFERED_ENTRIES || self.estimated_bytes() >= self.limit
     }
 
     /// Whether nothing is buffered.
@@ -153,5 +186,18 @@ mod tests {
             assert!(!b.put(0, &(i as u64).to_be_bytes(), Some(b"v")));
         }
         assert!(b.put(0, b"last", Some(b"v")));
+    }
+
+    #[test]
+    fn the_buffer_reports_full_at_its_memory_limit() {
+        let mut b = WriteBuffer::default();
+        b.set_limit(10 * (ENTRY_OVERHEAD + 9));
+        for i in 0..9u64 {
+            assert!(!b.put(0, &i.to_be_bytes(), Some(b"v")), "{i}");
+        }
+        assert!(b.put(0, b"12345678", Some(b"v")));
+        assert_eq!(b.estimated_bytes(), 10 * (ENTRY_OVERHEAD + 9));
+        b.set_limit(usize::MAX);
+        assert_eq!(b.limit, MAX_BUFFERED_BYTES);
     }
 }

@@ -1,9 +1,40 @@
 //! The RocksDB keyed backend: one column family per state, keys laid out by
 //! [`crate::keys`], values as the state's codec writes them, lists appended
 //! through a merge operator.
+//!
+//! # Failure handling
+//!
+//! A write into the live instance that fails may have lost state: the write
+//! buffer is drained into the batch before the batch is written, a merge or
+//! range delete may or may not have been applied, and a RocksDB instance that
+//! failed to write its files stops accepting writes anyway. So the first
+//! failed write *poisons* the backend (as redb's `PreviousIo` does): the
+//! failing call returns its error, and every later state access, registration
+//! and snapshot returns [`Error::Poisoned`] naming that first failure, until
+//! the backend is dropped and restored from the last completed checkpoint.
+//! Checking for it costs nothing extra: it is the flag a closed backend sets.
+//!
+//! Per failure point:
+//!
+//! | where | what fails | effect |
+//! | --- | --- | --- |
+//! | write buffer flush | the sorted batch of buffered writes | poisons |
+//! | list append | a merge written straight into RocksDB | poisons |
+//! | map clear | a range delete | poisons |
+//! | registration | creating a column family, or the batch of a schema migration | poisons |
+//! | checkpoint, synchronous part | switching the memtables out for flushing | poisons: the live memtables cannot be made into files |
+//! | checkpoint, asynchronous part | waiting for that flush, linking the files, uploading them, writing a canonical snapshot | fails that checkpoint only: it reads the live instance and writes elsewhere |
+//! | restore | writing records, clipping key groups, ingesting files | fails the restore; no backend exists, its folder is removed |
+//!
+//! A failed background flush is not a failure of the task's write: RocksDB
+//! keeps the memtable readable, retries what it can, and rejects the next
+//! write if it cannot, which then poisons the backend. Failed reads change
+//! nothing and poison nothing. A snapshot whose synchronous part completed
+//! before the backend was poisoned still holds exactly the state at its
+//! barrier, so it is not cancelled.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,10 +66,12 @@ use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
 };
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue, StorageShape};
-use state_api::{Error, KeyGroupRange, Result};
+use state_api::{Error, ErrorKind, KeyGroupRange, Result};
 
 use crate::buffer::WriteBuffer;
+use crate::fault::{FailPoint, Faults};
 use crate::keys::{self, decode, put_entry_key, put_prefix};
+use crate::memory::{BudgetMember, MemoryBudget, MemoryMode};
 use crate::native::{self, Capture, CaptureGate, FolderGuard, NativeSnapshot, Uploads};
 
 pub(crate) type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
@@ -49,11 +82,17 @@ const LIST_MERGE_OPERATOR: &str = "flowstate-list-append";
 /// Tuning of the RocksDB instances.
 #[derive(Clone, Debug)]
 pub struct RocksOptions {
-    /// Block cache shared by the column families of one instance, in bytes.
+    /// How instances use memory: by default they share the process-wide
+    /// [`MemoryBudget`] (block cache, memtables and write buffers); see
+    /// [`crate::memory`].
+    pub memory: MemoryMode,
+    /// Block cache of one instance in [`MemoryMode::PerInstance`], in bytes
+    /// (with a budget, the budget's cache is used instead).
     pub block_cache_bytes: usize,
     /// Bloom filter bits per key (0 turns the filter off).
     pub bloom_bits_per_key: f64,
-    /// Memtable size per column family, in bytes.
+    /// Memtable size per column family, in bytes (with a budget, RocksDB may
+    /// flush memtables earlier to keep them within it).
     pub write_buffer_bytes: usize,
     /// Size of a whole-key bloom filter in each memtable, as a fraction of
     /// the memtable (0 turns it off); it lets gets of absent keys skip the
@@ -66,18 +105,39 @@ pub struct RocksOptions {
     /// false every checkpoint is a full canonical snapshot. Savepoints are
     /// always canonical.
     pub incremental: bool,
+    /// Failure injection for this crate's tests (cargo feature
+    /// `fault-injection`); empty and free otherwise.
+    #[doc(hidden)]
+    pub faults: Faults,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
         RocksOptions {
+            memory: MemoryMode::default(),
             block_cache_bytes: 64 << 20,
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 64 << 20,
             memtable_bloom_ratio: 0.0,
             max_value_bytes: MAX_FRAME_PAYLOAD - 4096,
             incremental: true,
+            faults: Faults::default(),
         }
+    }
+}
+
+impl RocksOptions {
+    /// Instances share `budget` (see [`crate::memory`]).
+    pub fn with_memory_budget(mut self, budget: MemoryBudget) -> Self {
+        self.memory = MemoryMode::Budget(budget);
+        self
+    }
+
+    /// Each instance has its own cache, memtables and write buffer, with no
+    /// bound on their sum (see [`MemoryMode::PerInstance`]).
+    pub fn with_memory_per_instance(mut self) -> Self {
+        self.memory = MemoryMode::PerInstance;
+        self
     }
 }
 
@@ -86,6 +146,8 @@ impl Default for RocksOptions {
 pub(crate) struct DbInstance {
     pub(crate) db: Db,
     pub(crate) name: String,
+    /// Failure points of tests.
+    pub(crate) faults: Faults,
     folder: FolderGuard,
 }
 
@@ -126,9 +188,68 @@ pub(crate) fn rocks_err<'a>(
     db: &'a str,
     what: &'a str,
 ) -> impl FnOnce(rocksdb::Error) -> Error + 'a {
-    move |e| Error::Io {
-        context: format!("RocksDB {db}: {what}"),
-        source: std::io::Error::other(e.into_string()),
+    move |e| {
+        let kind = e.kind();
+        engine_error(db, what, &kind, e.into_string())
+    }
+}
+
+/// The error of a failed RocksDB call: the instance, the operation and
+/// RocksDB's status text, classified by [`status_kind`].
+#[cold]
+pub(crate) fn engine_error(
+    db: &str,
+    what: &str,
+    kind: &rocksdb::ErrorKind,
+    status: String,
+) -> Error {
+    Error::Engine {
+        engine: "RocksDB",
+        instance: db.to_string(),
+        operation: what.to_string(),
+        status,
+        kind: status_kind(kind),
+    }
+}
+
+/// What a caller can do about a RocksDB status.
+///
+/// * `Corruption`, and a column family that was dropped under the backend:
+///   the instance's files are damaged or incomplete, so restore from a
+///   checkpoint ([`ErrorKind::Corruption`]).
+/// * `InvalidArgument`: RocksDB refused the request itself, e.g. options it
+///   cannot honour ([`ErrorKind::InvalidArgument`]).
+/// * `NotSupported`: intact files that need something this build lacks (a
+///   table format version, a compression library). The backend never issues
+///   an operation a mode does not support (it writes only to instances it
+///   opened for writing), so this comes from opening files written elsewhere
+///   ([`ErrorKind::IncompatibleFormat`]).
+/// * `ShutdownInProgress`: the instance is closing ([`ErrorKind::Closed`]).
+/// * `IOError`, `NotFound` (a file RocksDB expected is gone), and the
+///   transient statuses `Busy`, `Incomplete`, `TimedOut`, `TryAgain`,
+///   `Aborted`, `Expired`, plus any status RocksDB adds later:
+///   [`ErrorKind::Io`]. The transient ones are failures of the storage layer
+///   that are neither damage nor the caller's mistake, and the caller's
+///   choice is the one it has for I/O: retry, or fail over to the last
+///   checkpoint; [`ErrorKind`] has no separate transient kind.
+pub(crate) fn status_kind(kind: &rocksdb::ErrorKind) -> ErrorKind {
+    use rocksdb::ErrorKind as Status;
+    match kind {
+        Status::Corruption | Status::ColumnFamilyDropped => ErrorKind::Corruption,
+        Status::InvalidArgument => ErrorKind::InvalidArgument,
+        Status::NotSupported => ErrorKind::IncompatibleFormat,
+        Status::ShutdownInProgress => ErrorKind::Closed,
+        Status::IOError
+        | Status::NotFound
+        | Status::Busy
+        | Status::Incomplete
+        | Status::TimedOut
+        | Status::TryAgain
+        | Status::Aborted
+        | Status::Expired
+        | Status::MergeInProgress
+        | Status::CompactionTooLarge
+        | Status::Unknown => ErrorKind::Io,
     }
 }
 
@@ -155,6 +276,14 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
     }
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
+    if !matches!(options.memory, MemoryMode::PerInstance) {
+        // Under a budget, index and filter blocks live in the shared cache
+        // too (counted and evictable) instead of in each table reader; those
+        // of L0 files, read by every lookup, stay pinned there.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    }
     if options.bloom_bits_per_key > 0.0 {
         table.set_bloom_filter(options.bloom_bits_per_key, false);
     }
@@ -164,17 +293,24 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
 
 /// Opens the instance in `folder`: a fresh one, or with `existing` the
 /// database already placed there (a restored checkpoint), with all its
-/// column families.
+/// column families; with `budget` its cache and memtables are the budget's.
 pub(crate) fn open_instance(
     folder: &Path,
     options: &RocksOptions,
+    budget: Option<&MemoryBudget>,
     existing: bool,
 ) -> Result<(Arc<DbInstance>, Cache)> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
     let name = folder.display().to_string();
-    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let cache = match budget {
+        Some(b) => b.cache().clone(),
+        None => Cache::new_lru_cache(options.block_cache_bytes),
+    };
     let mut db_opts = column_family_options(options, &cache);
+    if let Some(b) = budget {
+        db_opts.set_write_buffer_manager(b.write_buffer_manager());
+    }
     db_opts.create_if_missing(!existing);
     db_opts.create_missing_column_families(true);
     // Checkpoints flush without waiting; leave room for a switched memtable.
@@ -193,6 +329,7 @@ pub(crate) fn open_instance(
         Arc::new(DbInstance {
             db,
             name,
+            faults: options.faults.clone(),
             folder: FolderGuard(folder.to_path_buf()),
         }),
         cache,
@@ -249,7 +386,14 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     /// Restored states not registered yet (their data is already in RocksDB).
     pending: Vec<StateMeta>,
     running: CancellationRegistry,
+    /// The memory budget the instance shares, if any.
+    memory: Option<BudgetMember>,
+    /// Set when the backend refuses every call: closed, or poisoned.
+    refusing: Cell<bool>,
+    /// Set by [`KeyedStateBackend::close`].
     closed: bool,
+    /// The first failed write (see the module documentation).
+    failure: OnceCell<String>,
     /// Closed while an incremental checkpoint captures its files.
     gate: Arc<CaptureGate>,
     /// Estimated memtable bytes written while the gate is closed.
@@ -318,11 +462,12 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         let base = (0..natives.len())
             .filter(|&i| !natives[i].0.range.intersection(&own).is_empty())
             .max_by_key(|&i| natives[i].0.range.intersection(&own).len());
+        let budget = options.memory.budget();
         let (inst, cache) = match base {
             Some(i) => {
                 let b = natives[i].0;
                 native::materialize(b, folder)?;
-                let (inst, cache) = open_instance(folder, &options, true)?;
+                let (inst, cache) = open_instance(folder, &options, budget.as_ref(), true)?;
                 let keep = b.range.intersection(&own);
                 if keep != b.source_range {
                     let names = b.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -330,8 +475,13 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 }
                 (inst, cache)
             }
-            None => open_instance(folder, &options, false)?,
+            None => open_instance(folder, &options, budget.as_ref(), false)?,
         };
+        let memory = budget.map(|b| b.join());
+        let mut buffer = WriteBuffer::default();
+        if let Some(m) = &memory {
+            buffer.set_limit(m.budget().task_buffer_bytes());
+        }
         let mut write_options = WriteOptions::default();
         // Durability comes from checkpoints, not from RocksDB's log.
         write_options.disable_wal(true);
@@ -348,7 +498,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             options,
             write_options,
             read_options: ReadOptions::default(),
-            buffer: RefCell::default(),
+            buffer: RefCell::new(buffer),
             current: None,
             current_group: 0,
             key_prefix: Vec::with_capacity(64),
@@ -357,7 +507,10 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             states: Vec::new(),
             pending: Vec::new(),
             running: CancellationRegistry::default(),
+            memory,
+            refusing: Cell::new(false),
             closed: false,
+            failure: OnceCell::new(),
             gate: Arc::default(),
             held_bytes: AtomicUsize::new(0),
             uploads: Arc::default(),
@@ -420,21 +573,61 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         &self.inst.name
     }
 
+    #[inline]
     fn check_open(&self) -> Result<()> {
-        if self.closed {
-            Err(Error::Closed)
+        if self.refusing.get() {
+            Err(self.refusal())
         } else {
             Ok(())
         }
     }
 
+    /// Why the backend refuses calls: closed by the caller, or poisoned.
+    #[cold]
+    fn refusal(&self) -> Error {
+        match self.failure.get() {
+            Some(first) if !self.closed => Error::Poisoned {
+                first: first.clone(),
+            },
+            _ => Error::Closed,
+        }
+    }
+
+    /// The outcome of a write into the live instance: a failure poisons the
+    /// backend (see the module documentation).
+    #[inline]
+    fn live<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.poison(e);
+        }
+        result
+    }
+
+    #[cold]
+    fn poison(&self, error: &Error) {
+        let _ = self.failure.set(error.to_string());
+        self.refusing.set(true);
+        // Nothing buffered will ever be written.
+        if let Ok(mut buffer) = self.buffer.try_borrow_mut() {
+            buffer.clear();
+        }
+    }
+
     fn create_cf(&self, name: &str) -> Result<()> {
         if self.inst.db.cf_handle(name).is_none() {
+            let what = format!("creating column family '{name}'");
             let opts = column_family_options(&self.options, &self.cache);
-            self.inst.db.create_cf(name, &opts).map_err(rocks_err(
-                &self.inst.name,
-                &format!("creating column family '{name}'"),
-            ))?;
+            self.live(
+                self.inst
+                    .faults
+                    .check(FailPoint::CreateColumnFamily, self.db_name(), &what)
+                    .and_then(|()| {
+                        self.inst
+                            .db
+                            .create_cf(name, &opts)
+                            .map_err(rocks_err(self.db_name(), &what))
+                    }),
+            )?;
         }
         Ok(())
     }
@@ -516,19 +709,24 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                     Ok(())
                 })?;
                 if batch.size_in_bytes() > 4 << 20 {
-                    self.inst
-                        .db
-                        .write_opt(std::mem::take(&mut batch), &self.write_options)
-                        .map_err(rocks_err(&self.inst.name, "restoring"))?;
+                    self.restore_write(std::mem::take(&mut batch))?;
                 }
             }
             drop(cfs);
-            self.inst
-                .db
-                .write_opt(std::mem::take(&mut batch), &self.write_options)
-                .map_err(rocks_err(&self.inst.name, "restoring"))?;
+            self.restore_write(std::mem::take(&mut batch))?;
         }
         Ok(())
+    }
+
+    /// Writes a batch of restored records (a failure fails the restore).
+    fn restore_write(&self, batch: WriteBatch) -> Result<()> {
+        self.inst
+            .faults
+            .check(FailPoint::RestoreWrite, self.db_name(), "restoring")?;
+        self.inst
+            .db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks_err(&self.inst.name, "restoring"))
     }
 
     /// Registers a state: the existing one after checking it matches, a
@@ -607,18 +805,26 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         it.status()
             .map_err(rocks_err(self.db_name(), "migrating"))?;
         drop(it);
-        self.inst
-            .db
-            .write_opt(batch, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "migrating"))
+        // Like any write, it must not reach an SST while a checkpoint's
+        // files are being captured.
+        self.before_write(batch.size_in_bytes(), batch.len());
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::Migrate, self.db_name(), "migrating")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .write_opt(batch, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "migrating"))
+                }),
+        )
     }
 
     /// The registered state of a handle, its codecs, and the entry key of
     /// (current key, `namespace`) in `self.scratch`.
     fn locate<C: Any, N: Namespace>(&mut self, core: &HandleCore, namespace: &N) -> Result<usize> {
-        if self.closed {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         if core.backend() != self.id {
             return Err(Error::ForeignHandle {
                 name: core.name().to_string(),
@@ -687,6 +893,15 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
 
     #[cold]
     fn hold(&self, bytes: usize, entries: usize) {
+        if self.memory.is_some() {
+            // A budget's write buffer manager may flush the new memtable at
+            // any write once the memtables it counts (of every instance) pass
+            // its limit, and RocksDB may pick a column family whose switched
+            // memtable has just been flushed: no write may reach RocksDB
+            // before the capture is taken.
+            self.gate.settle();
+            return;
+        }
         let add = bytes + entries * native::MEMTABLE_ENTRY_OVERHEAD;
         let held = self.held_bytes.fetch_add(add, Ordering::Relaxed) + add;
         if held > self.options.write_buffer_bytes / 4 {
@@ -729,33 +944,53 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
 
     /// Writes the buffered writes into RocksDB as one batch, sorted by key
     /// (sorted inserts are what RocksDB's memtable does fastest).
+    /// The buffered writes leave the buffer before the batch is written, so a
+    /// failed write poisons the backend.
     fn flush_buffer(&self) -> Result<()> {
+        self.check_open()?;
         let mut buffer = self.buffer.borrow_mut();
         if buffer.is_empty() {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
         let (bytes, count) = buffer.drain_into(&mut batch, self.handles.borrow_dependent());
+        if let Some(m) = &self.memory {
+            // The budget's share follows the number of instances sharing it.
+            buffer.set_limit(m.budget().task_buffer_bytes());
+        }
         drop(buffer);
         self.before_write(bytes, count);
-        self.inst
-            .db
-            .write_opt(batch, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "write"))
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::BufferWrite, self.db_name(), "write")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .write_opt(batch, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "write"))
+                }),
+        )
     }
 
     fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
         self.flush_buffer()?;
+        let Some(end) = keys::successor(prefix) else {
+            return Ok(());
+        };
         self.before_write(2 * prefix.len(), 1);
         let cf = self.cf_at(index);
-        match keys::successor(prefix) {
-            Some(end) => self
-                .inst
-                .db
-                .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
-                .map_err(rocks_err(self.db_name(), "delete range")),
-            None => Ok(()),
-        }
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::DeleteRange, self.db_name(), "delete range")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "delete range"))
+                }),
+        )
     }
 
     /// Every (key, namespace) entry of a state, decoded with `f`.
@@ -1053,10 +1288,17 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         }
         self.before_write(self.scratch.len() + operand.len(), 1);
         let cf = self.cf_at(i);
-        self.inst
-            .db
-            .merge_cf_opt(cf, &self.scratch, operand, &self.write_options)
-            .map_err(rocks_err(self.db_name(), "merge"))
+        self.live(
+            self.inst
+                .faults
+                .check(FailPoint::Merge, self.db_name(), "merge")
+                .and_then(|()| {
+                    self.inst
+                        .db
+                        .merge_cf_opt(cf, &self.scratch, operand, &self.write_options)
+                        .map_err(rocks_err(self.db_name(), "merge"))
+                }),
+        )
     }
 
     fn list_replace<N: Namespace, T: StateValue>(
@@ -1264,8 +1506,8 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     }
 
     fn num_entries(&self) -> Result<usize> {
-        self.flush_buffer()?;
         self.check_open()?;
+        self.flush_buffer()?;
         let mut n = 0;
         for name in self.metas().iter().map(|m| m.name.clone()) {
             let cf = self.cf(&name)?;
@@ -1395,6 +1637,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
     fn close(&mut self) {
         self.buffer.borrow_mut().clear();
         self.closed = true;
+        self.refusing.set(true);
         self.running.cancel_all();
         self.current = None;
     }
@@ -1415,7 +1658,13 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             self.inst.folder().display(),
             unique_file_name()
         ));
-        let capture = Capture::start(self.inst.clone(), &self.gate, cfs, capture_dir)?;
+        // The memtable switch is a write into the live instance.
+        let capture = self.live(Capture::start(
+            self.inst.clone(),
+            &self.gate,
+            cfs,
+            capture_dir,
+        ))?;
         self.held_bytes.store(0, Ordering::Relaxed);
         let job = NativeSnapshot {
             capture,
@@ -1465,5 +1714,91 @@ fn native_meta(n: &IncrementalNativeStateHandle) -> KeyedSnapshotMeta {
         key_codec: n.key_codec.clone(),
         states: n.states.clone(),
         delta: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rocksdb_status_has_the_documented_kind() {
+        use rocksdb::ErrorKind as Status;
+        let table = [
+            (Status::Corruption, ErrorKind::Corruption),
+            (Status::ColumnFamilyDropped, ErrorKind::Corruption),
+            (Status::InvalidArgument, ErrorKind::InvalidArgument),
+            (Status::NotSupported, ErrorKind::IncompatibleFormat),
+            (Status::ShutdownInProgress, ErrorKind::Closed),
+            (Status::IOError, ErrorKind::Io),
+            (Status::NotFound, ErrorKind::Io),
+            (Status::Busy, ErrorKind::Io),
+            (Status::Incomplete, ErrorKind::Io),
+            (Status::TimedOut, ErrorKind::Io),
+            (Status::TryAgain, ErrorKind::Io),
+            (Status::Aborted, ErrorKind::Io),
+            (Status::Expired, ErrorKind::Io),
+            (Status::MergeInProgress, ErrorKind::Io),
+            (Status::CompactionTooLarge, ErrorKind::Io),
+            (Status::Unknown, ErrorKind::Io),
+        ];
+        for (status, kind) in table {
+            assert_eq!(status_kind(&status), kind, "{status:?}");
+            let e = engine_error("db", "op", &status, "text".into());
+            assert_eq!(e.kind(), kind, "{status:?}");
+        }
+    }
+
+    /// The error of a RocksDB call keeps the instance, the operation and the
+    /// status text apart.
+    fn check(result: std::result::Result<Db, rocksdb::Error>, kind: ErrorKind, prefix: &str) {
+        let Err(e) = result.map(drop).map_err(rocks_err("inst", "open")) else {
+            panic!("expected a {prefix} status");
+        };
+        assert_eq!(e.kind(), kind, "{e}");
+        match &e {
+            Error::Engine {
+                engine,
+                instance,
+                operation,
+                status,
+                ..
+            } => {
+                assert_eq!(
+                    (*engine, instance.as_str(), operation.as_str()),
+                    ("RocksDB", "inst", "open")
+                );
+                assert!(status.starts_with(prefix), "{status}");
+            }
+            other => panic!("expected Error::Engine, got {other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with("RocksDB inst: open failed: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn statuses_of_real_rocksdb_failures_are_classified() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("db");
+        let mut opts = Options::default();
+
+        // Opening a missing instance without create_if_missing.
+        check(
+            Db::open(&opts, &path),
+            ErrorKind::InvalidArgument,
+            "Invalid argument",
+        );
+
+        // Opening an instance another handle holds: its lock file is taken.
+        opts.create_if_missing(true);
+        let held = Db::open(&opts, &path).expect("opens");
+        check(Db::open(&opts, &path), ErrorKind::Io, "IO error");
+        drop(held);
+
+        // A damaged CURRENT file.
+        std::fs::write(path.join("CURRENT"), b"MANIFEST-garbage").expect("writes");
+        check(Db::open(&opts, &path), ErrorKind::Corruption, "Corruption");
     }
 }

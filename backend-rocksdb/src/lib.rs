@@ -16,6 +16,12 @@
 //! * Restore opens native checkpoint files in place (clipping other key groups
 //!   with `delete_range`, merging other handles by SST ingestion) and reads
 //!   canonical and heap-incremental handles of any key-group ranges.
+//! * A failed write into RocksDB poisons the keyed backend: every later call
+//!   returns [`state_api::Error::Poisoned`] until it is restored from the last
+//!   completed checkpoint (see [`keyed`]).
+//! * Memory is bounded per process, not per instance ([`memory`]): by default
+//!   every instance shares one [`MemoryBudget`] of 256 MiB covering the block
+//!   cache, the memtables, index and filter blocks and the write buffers.
 //! * Operator state uses the shared heap operator backend.
 //!
 //! ```
@@ -39,8 +45,11 @@
 //! ```
 
 pub mod buffer;
+#[doc(hidden)]
+pub mod fault;
 pub mod keyed;
 pub mod keys;
+pub mod memory;
 pub mod native;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +64,7 @@ use state_api::state::StateKey;
 use state_api::{Result, StateBackend};
 
 pub use keyed::{RocksKeyedStateBackend, RocksOptions};
+pub use memory::{MemoryBudget, MemoryBudgetConfig, MemoryMode, MemoryUsage};
 
 /// Configuration of the RocksDB backend for one job.
 #[derive(Clone, Debug)]

@@ -13,7 +13,10 @@
 //!   reach one is a flush of the new memtable, which only a full memtable
 //!   would start, and the gate stops the task before it writes a quarter of
 //!   the memtable budget while a capture is pending (in practice the capture
-//!   takes milliseconds and the task never waits);
+//!   takes milliseconds and the task never waits). Under a
+//!   [`crate::memory::MemoryBudget`] the write buffer manager may also start
+//!   that flush at any write, so there the task takes the capture before its
+//!   first write reaches RocksDB;
 //! * background compactions only rewrite SSTs of the captured state.
 //!
 //! SST files are immutable, so each is uploaded once into `shared/` and
@@ -48,8 +51,9 @@ use state_api::snapshot::stream::{
     check_file_size, CheckpointStreamFactory, StreamScope, StreamStateHandle,
 };
 use state_api::snapshot::task::Cancellation;
-use state_api::{Error, KeyGroupRange, Result};
+use state_api::{Error, ErrorKind, KeyGroupRange, Result};
 
+use crate::fault::FailPoint;
 use crate::keyed::{rocks_err, Db, DbInstance};
 use crate::keys;
 
@@ -110,7 +114,8 @@ impl CaptureGate {
 enum CaptureState {
     Waiting,
     Taken,
-    Failed(String),
+    /// The capture failed: the error's kind and text.
+    Failed(ErrorKind, String),
     Abandoned,
 }
 
@@ -151,23 +156,35 @@ impl Capture {
     fn take(&self, cancel: Option<&Cancellation>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*state, CaptureState::Waiting) {
-            let result = wait_flushed(&self.inst, &self.cfs, cancel).and_then(|()| {
-                Checkpoint::new(&self.inst.db)
-                    .and_then(|c| c.create_checkpoint_with_log_size(&self.dir.0, u64::MAX))
-                    .map_err(rocks_err(&self.inst.name, "creating a checkpoint"))
-            });
+            let result = self
+                .inst
+                .faults
+                .check(
+                    FailPoint::CheckpointCapture,
+                    &self.inst.name,
+                    "creating a checkpoint",
+                )
+                .and_then(|()| wait_flushed(&self.inst, &self.cfs, cancel))
+                .and_then(|()| {
+                    Checkpoint::new(&self.inst.db)
+                        .and_then(|c| c.create_checkpoint_with_log_size(&self.dir.0, u64::MAX))
+                        .map_err(rocks_err(&self.inst.name, "creating a checkpoint"))
+                });
             *state = match &result {
                 Ok(()) => CaptureState::Taken,
-                Err(e) => CaptureState::Failed(e.to_string()),
+                Err(e) => CaptureState::Failed(e.kind(), e.to_string()),
             };
             self.gate.finish(self);
             return result;
         }
         match &*state {
             CaptureState::Taken => Ok(()),
-            CaptureState::Failed(e) => Err(Error::Io {
-                context: format!("RocksDB {}: capturing a checkpoint", self.inst.name),
-                source: std::io::Error::other(e.clone()),
+            CaptureState::Failed(kind, e) => Err(Error::Engine {
+                engine: "RocksDB",
+                instance: self.inst.name.clone(),
+                operation: "capturing a checkpoint".into(),
+                status: e.clone(),
+                kind: *kind,
             }),
             _ => Err(Error::Cancelled {
                 reason: "the checkpoint was abandoned".into(),
@@ -233,6 +250,8 @@ fn start_flush(inst: &DbInstance, cfs: &[String]) -> Result<()> {
         .collect::<Vec<_>>();
     let mut opts = FlushOptions::default();
     opts.set_wait(false);
+    inst.faults
+        .check(FailPoint::CheckpointFlush, &inst.name, "flushing")?;
     inst.db
         .flush_cfs_opt(&handles.iter().collect::<Vec<_>>(), &opts)
         .map_err(rocks_err(&inst.name, "flushing"))
@@ -260,9 +279,12 @@ fn wait_flushed(inst: &DbInstance, cfs: &[String], cancel: Option<&Cancellation>
                 c.check("RocksDB checkpoint")?;
             }
             if prop(inst, &cf, BACKGROUND_ERRORS)? > 0 {
-                return Err(Error::Io {
-                    context: format!("RocksDB {}: flushing for a checkpoint", inst.name),
-                    source: std::io::Error::other("a background flush or compaction failed"),
+                return Err(Error::Engine {
+                    engine: "RocksDB",
+                    instance: inst.name.clone(),
+                    operation: "flushing for a checkpoint".into(),
+                    status: "a background flush or compaction failed".into(),
+                    kind: ErrorKind::Io,
                 });
             }
             std::thread::sleep(pause);
@@ -475,6 +497,11 @@ pub(crate) fn clip(
         let Some(cf) = inst.db.cf_handle(name) else {
             continue;
         };
+        inst.faults.check(
+            FailPoint::RestoreClip,
+            &inst.name,
+            "dropping key groups outside the range",
+        )?;
         if keep.start() > 0 {
             inst.db
                 .delete_file_in_range_cf(&cf, &[][..], &below_upper[..])
@@ -547,6 +574,11 @@ pub(crate) fn copy_key_groups(
             .map_err(rocks_err(&target.name, "writing an SST to ingest"))?;
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
+        target.faults.check(
+            FailPoint::RestoreIngest,
+            &target.name,
+            "ingesting restored key groups",
+        )?;
         target
             .db
             .ingest_external_file_cf_opts(&to, &ingest, vec![&path])

@@ -261,6 +261,29 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The backend refuses all work because an earlier write failed and may
+    /// have left its state incomplete. Dispose of it and restore from the last
+    /// completed checkpoint.
+    #[error("the backend refuses work after an earlier failure (restore it from the last completed checkpoint); first failure: {first}")]
+    Poisoned {
+        /// The error that poisoned the backend.
+        first: String,
+    },
+    /// An embedded storage engine (RocksDB) reported a failure. The backend
+    /// classifies the engine's status into `kind`.
+    #[error("{engine} {instance}: {operation} failed: {status}")]
+    Engine {
+        /// The engine, e.g. `RocksDB`.
+        engine: &'static str,
+        /// The engine instance (its folder).
+        instance: String,
+        /// What the backend asked the engine to do.
+        operation: String,
+        /// The engine's status text, as it reported it.
+        status: String,
+        /// What the caller can do about it.
+        kind: ErrorKind,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -302,8 +325,9 @@ impl Error {
             Error::Codec { .. } | Error::User(_) => ErrorKind::User,
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
             Error::Cancelled { .. } | Error::CheckpointSubsumed { .. } => ErrorKind::Cancelled,
-            Error::Closed => ErrorKind::Closed,
+            Error::Closed | Error::Poisoned { .. } => ErrorKind::Closed,
             Error::Io { .. } | Error::StateFileUnreadable { .. } => ErrorKind::Io,
+            Error::Engine { kind, .. } => *kind,
         }
     }
 
