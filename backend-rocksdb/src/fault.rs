@@ -94,7 +94,7 @@ impl Faults {
 /// write to its files.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 fn injected(point: FailPoint, db: &str, what: &str) -> Error {
-    crate::keyed::engine_error(
+    crate::db::engine_error(
         db,
         what,
         &rocksdb::ErrorKind::IOError,

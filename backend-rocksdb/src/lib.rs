@@ -45,12 +45,14 @@
 //! ```
 
 pub mod buffer;
+mod db;
 #[doc(hidden)]
 pub mod fault;
 pub mod keyed;
 pub mod keys;
 pub mod memory;
 pub mod native;
+pub mod options;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,8 +65,9 @@ use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;
 use state_api::{Result, StateBackend};
 
-pub use keyed::{RocksKeyedStateBackend, RocksOptions};
+pub use keyed::RocksKeyedStateBackend;
 pub use memory::{MemoryBudget, MemoryBudgetConfig, MemoryMode, MemoryUsage};
+pub use options::RocksOptions;
 
 /// Configuration of the RocksDB backend for one job.
 #[derive(Clone, Debug)]

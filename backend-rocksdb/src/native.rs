@@ -53,8 +53,8 @@ use state_api::snapshot::stream::{
 use state_api::snapshot::task::Cancellation;
 use state_api::{Error, ErrorKind, KeyGroupRange, Result};
 
+use crate::db::{rocks_err, Db, DbInstance, FolderGuard};
 use crate::fault::FailPoint;
-use crate::keyed::{rocks_err, Db, DbInstance};
 use crate::keys;
 
 /// The backend kind recorded in native handles.
@@ -585,13 +585,4 @@ pub(crate) fn copy_key_groups(
             .map_err(rocks_err(&target.name, "ingesting restored key groups"))?;
     }
     Ok(())
-}
-
-/// Removes a folder when dropped.
-pub(crate) struct FolderGuard(pub(crate) PathBuf);
-
-impl Drop for FolderGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
