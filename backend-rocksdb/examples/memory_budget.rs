@@ -12,7 +12,8 @@
 //! (`VmHWM` in `/proc/self/status`) above what it had before opening any
 //! instance. With the budget, that stays within the budget plus
 //! [`allowance_mib`]: what the budget does not cover (see
-//! `backend_rocksdb::memory`).
+//! `backend_rocksdb::memory`). The example exits with an error unless the
+//! budget run stays within that bound and the per-instance run exceeds it.
 
 use std::process::Command;
 use std::time::Instant;
@@ -77,7 +78,16 @@ fn main() -> Result<()> {
     for (mode, peak) in &peaks {
         println!("{mode:<13} {peak:>10} MiB         {}", peak <= &bound);
     }
-    Ok(())
+    // What this example shows, checked: it exits with an error otherwise.
+    match peaks[..] {
+        [("budget", shared), ("per-instance", separate)] if shared <= bound && separate > bound => {
+            println!("OK: the budget holds, and separate instances exceed it");
+            Ok(())
+        }
+        _ => Err(Error::user(format!(
+            "expected the budget run within {bound} MiB and the per-instance run above it: {peaks:?}"
+        ))),
+    }
 }
 
 /// Resident size (`VmRSS`) and its peak (`VmHWM`) in MiB.
