@@ -18,7 +18,7 @@
 //!   canonical and heap-incremental handles of any key-group ranges.
 //! * A failed write into RocksDB poisons the keyed backend: every later call
 //!   returns [`state_api::Error::Poisoned`] until it is restored from the last
-//!   completed checkpoint (see [`keyed`]).
+//!   completed checkpoint (see [`store`]).
 //! * Memory is bounded per process, not per instance ([`memory`]): by default
 //!   every instance shares one [`MemoryBudget`] of 256 MiB covering the block
 //!   cache, the memtables, index and filter blocks and the write buffers.
@@ -53,6 +53,9 @@ pub mod keys;
 pub mod memory;
 pub mod native;
 pub mod options;
+mod restore;
+mod snapshot;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
