@@ -15,10 +15,8 @@ use std::path::{Path, PathBuf};
 use backend_fs::FsStateBackend;
 use backend_memory::heap::IncrementalOptions;
 use backend_memory::MemoryStateBackend;
-use conformance_tests::fixtures::{check_fixture, write_if_missing};
-use conformance_tests::rounds::{
-    checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
-};
+use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
+use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
 use state_api::checkpoint::{
     load_metadata, CheckpointConfig, LocalStorage, OperatorState, SnapshotKind, SubtaskState,
 };
@@ -34,10 +32,6 @@ use state_api::{
     DefaultOperatorStateBackend, Error, KeyGroupRange, OperatorStateBackend, Result, StateBackend,
 };
 
-/// Keys of the fixtures' job: enough to fill several key groups of each
-/// subtask, few enough to keep every file at a few KB.
-const KEYS: u64 = 24;
-
 fn fs(dir: &Path, incremental: bool) -> Result<FsStateBackend> {
     let backend = FsStateBackend::new(dir, "job")?.with_inline_threshold(0)?;
     Ok(if incremental {
@@ -51,34 +45,13 @@ fn fs(dir: &Path, incremental: bool) -> Result<FsStateBackend> {
     })
 }
 
-/// Restores the fixture's operator at 1, 2 and 3 subtasks of `backend` and
-/// compares everything with the model after `rounds` rounds.
-fn restore_with<S: StateBackend>(backend: &S, metadata_path: &Path, rounds: u64) -> Result<()> {
-    let metadata = load_metadata(&LocalStorage, metadata_path)?;
-    let state = metadata
-        .operator(OPERATOR)
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("{} has no operator {OPERATOR}", metadata_path.display()),
-        })?;
-    for p in [1, 2, 3] {
-        let mut job = open(backend, p, Some(state))?;
-        assert_eq!(
-            read(&mut job, KEYS)?,
-            model_after(rounds, KEYS),
-            "{} restored at parallelism {p}",
-            metadata_path.display()
-        );
-    }
-    Ok(())
-}
-
 fn restore_fs(metadata_path: &Path, rounds: u64) -> Result<()> {
     let scratch = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-    restore_with(&fs(scratch.path(), true)?, metadata_path, rounds)
+    restore_rounds(&fs(scratch.path(), true)?, metadata_path, rounds)
 }
 
 fn restore_memory(metadata_path: &Path, rounds: u64) -> Result<()> {
-    restore_with(&MemoryStateBackend::new(), metadata_path, rounds)
+    restore_rounds(&MemoryStateBackend::new(), metadata_path, rounds)
 }
 
 /// Rounds 1..=`rounds` at parallelism 2, checkpointed after each; returns

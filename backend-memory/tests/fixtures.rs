@@ -11,10 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use backend_memory::MemoryStateBackend;
-use conformance_tests::fixtures::{check_fixture, write_if_missing};
-use conformance_tests::rounds::{
-    checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
-};
+use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
+use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
 use state_api::checkpoint::{
     load_metadata, CheckpointConfig, CheckpointCoordinator, LocalStorage, SnapshotKind,
 };
@@ -22,29 +20,10 @@ use state_api::format::frame::Compression;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::StreamStateHandle;
 use state_api::snapshot::SnapshotOptions;
-use state_api::{Error, Result};
-
-/// The same job size as backend-fs's fixtures.
-const KEYS: u64 = 24;
+use state_api::Result;
 
 fn restore(metadata_path: &Path, rounds: u64) -> Result<()> {
-    let metadata = load_metadata(&LocalStorage, metadata_path)?;
-    let state = metadata
-        .operator(OPERATOR)
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("{} has no operator {OPERATOR}", metadata_path.display()),
-        })?;
-    let backend = MemoryStateBackend::new();
-    for p in [1, 2, 3] {
-        let mut job = open(&backend, p, Some(state))?;
-        assert_eq!(
-            read(&mut job, KEYS)?,
-            model_after(rounds, KEYS),
-            "{} restored at parallelism {p}",
-            metadata_path.display()
-        );
-    }
-    Ok(())
+    restore_rounds(&MemoryStateBackend::new(), metadata_path, rounds)
 }
 
 #[test]

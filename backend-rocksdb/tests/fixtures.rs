@@ -12,18 +12,13 @@ use std::path::{Path, PathBuf};
 
 use backend_memory::MemoryStateBackend;
 use backend_rocksdb::{RocksDbStateBackend, RocksOptions};
-use conformance_tests::fixtures::{check_fixture, write_if_missing};
-use conformance_tests::rounds::{
-    checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
-};
+use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
+use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
 use state_api::checkpoint::{load_metadata, CheckpointConfig, LocalStorage, SnapshotKind};
 use state_api::format::frame::Compression;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::SnapshotOptions;
-use state_api::{Error, Result, StateBackend};
-
-/// The same job size as the heap backends' fixtures.
-const KEYS: u64 = 24;
+use state_api::{Error, Result};
 
 fn rocks(dir: &Path) -> Result<RocksDbStateBackend> {
     RocksDbStateBackend::new(&dir.join("work"), &dir.join("checkpoints"), "job")?
@@ -31,30 +26,9 @@ fn rocks(dir: &Path) -> Result<RocksDbStateBackend> {
         .with_inline_threshold(0)
 }
 
-/// Restores the fixture's operator at 1, 2 and 3 subtasks of `backend` and
-/// compares everything with the model after `rounds` rounds.
-fn restore_with<S: StateBackend>(backend: &S, metadata_path: &Path, rounds: u64) -> Result<()> {
-    let metadata = load_metadata(&LocalStorage, metadata_path)?;
-    let state = metadata
-        .operator(OPERATOR)
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("{} has no operator {OPERATOR}", metadata_path.display()),
-        })?;
-    for p in [1, 2, 3] {
-        let mut job = open(backend, p, Some(state))?;
-        assert_eq!(
-            read(&mut job, KEYS)?,
-            model_after(rounds, KEYS),
-            "{} restored at parallelism {p}",
-            metadata_path.display()
-        );
-    }
-    Ok(())
-}
-
 fn restore_rocks(metadata_path: &Path, rounds: u64) -> Result<()> {
     let scratch = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-    restore_with(&rocks(scratch.path())?, metadata_path, rounds)
+    restore_rounds(&rocks(scratch.path())?, metadata_path, rounds)
 }
 
 /// Rounds 1 and 2 at parallelism 1, checkpointed after each; returns the
@@ -106,7 +80,7 @@ fn rocksdb_savepoint_fixture() -> Result<()> {
             assert!(matches!(s.keyed[..], [KeyedStateHandle::KeyGroups(_)]));
         }
         restore_rocks(m, 2)?;
-        restore_with(&MemoryStateBackend::new(), m, 2)
+        restore_rounds(&MemoryStateBackend::new(), m, 2)
     })
 }
 

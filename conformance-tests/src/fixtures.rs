@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use state_api::checkpoint::layout::METADATA_FILE;
 use state_api::checkpoint::{load_metadata, LocalStorage};
 use state_api::format::FormatVersion;
-use state_api::{Error, ErrorKind, Result};
+use state_api::{Error, ErrorKind, Result, StateBackend};
+
+use crate::rounds::{model_after, open, read, OPERATOR};
 
 /// The environment variable that lets [`write_if_missing`] write fixtures.
 pub const WRITE_ENV: &str = "FLOWSTATE_WRITE_FIXTURES";
@@ -157,6 +159,35 @@ fn copy_fixture(fixture: &Path, metadata_path: &Path, dest: &Path) -> Result<Pat
             what: format!("{} is outside its fixture", metadata_path.display()),
         })?;
     Ok(dest.join(relative))
+}
+
+/// Keys of the fixtures' jobs ([`crate::rounds`]).
+pub const KEYS: u64 = 24;
+
+/// Restores the operator of the fixture job in `metadata_path` at 1, 2 and 3
+/// subtasks of `backend`, and compares the whole state with the model after
+/// `rounds` rounds of [`KEYS`] keys.
+pub fn restore_rounds<S: StateBackend>(
+    backend: &S,
+    metadata_path: &Path,
+    rounds: u64,
+) -> Result<()> {
+    let metadata = load_metadata(&LocalStorage, metadata_path)?;
+    let state = metadata
+        .operator(OPERATOR)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} has no operator {OPERATOR}", metadata_path.display()),
+        })?;
+    for p in [1, 2, 3] {
+        let mut job = open(backend, p, Some(state))?;
+        assert_eq!(
+            read(&mut job, KEYS)?,
+            model_after(rounds, KEYS),
+            "{} restored at parallelism {p}",
+            metadata_path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Restores every version of fixture `name` with `restore` (which asserts
