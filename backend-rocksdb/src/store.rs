@@ -250,15 +250,20 @@ impl RocksStore {
         Ok(self.names.len() - 1)
     }
 
-    /// Writes a batch of restored records (a failure fails the restore).
-    pub(crate) fn restore_write(&self, batch: WriteBatch) -> Result<()> {
-        self.inst
-            .faults
-            .check(FailPoint::RestoreWrite, self.db_name(), "restoring")?;
+    /// Writes `batch` into the instance (`point` is where tests inject a
+    /// failure, `what` names the operation in errors). Callers decide whether
+    /// a failure poisons the backend.
+    fn write_batch(&self, batch: WriteBatch, point: FailPoint, what: &str) -> Result<()> {
+        self.inst.faults.check(point, self.db_name(), what)?;
         self.inst
             .db
             .write_opt(batch, &self.write_options)
-            .map_err(rocks_err(&self.inst.name, "restoring"))
+            .map_err(rocks_err(self.db_name(), what))
+    }
+
+    /// Writes a batch of restored records (a failure fails the restore).
+    pub(crate) fn restore_write(&self, batch: WriteBatch) -> Result<()> {
+        self.write_batch(batch, FailPoint::RestoreWrite, "restoring")
     }
 
     /// Rewrites every value of a column family (schema migration).
@@ -282,17 +287,7 @@ impl RocksStore {
         // Like any write, it must not reach an SST while a checkpoint's
         // files are being captured.
         self.before_write(batch.size_in_bytes(), batch.len());
-        self.live(
-            self.inst
-                .faults
-                .check(FailPoint::Migrate, self.db_name(), "migrating")
-                .and_then(|()| {
-                    self.inst
-                        .db
-                        .write_opt(batch, &self.write_options)
-                        .map_err(rocks_err(self.db_name(), "migrating"))
-                }),
-        )
+        self.live(self.write_batch(batch, FailPoint::Migrate, "migrating"))
     }
 
     pub(crate) fn get_raw(
@@ -418,17 +413,7 @@ impl RocksStore {
         }
         drop(buffer);
         self.before_write(bytes, count);
-        self.live(
-            self.inst
-                .faults
-                .check(FailPoint::BufferWrite, self.db_name(), "write")
-                .and_then(|()| {
-                    self.inst
-                        .db
-                        .write_opt(batch, &self.write_options)
-                        .map_err(rocks_err(self.db_name(), "write"))
-                }),
-        )
+        self.live(self.write_batch(batch, FailPoint::BufferWrite, "write"))
     }
 
     pub(crate) fn delete_prefix(&self, index: usize, prefix: &[u8]) -> Result<()> {
