@@ -358,3 +358,27 @@ proptest! {
         let _ = read_operator_bytes(&StreamBytes::new("fuzz", Arc::from(bytes)), &handle);
     }
 }
+
+/// Regression (found by the `metadata` fuzz target): version 1 metadata was
+/// decoded without the checks of the current decoder, so a value state with
+/// two value schemas was accepted, and publishing that metadata again wrote
+/// a file that no longer read. Version 1 metadata is now held to every rule
+/// of the current format.
+#[test]
+fn version_1_metadata_is_held_to_the_current_rules() {
+    use state_api::format::frame::{FRAME_CRC_OFFSET, FRAME_HEADER_LEN};
+    // The fuzzer's input, with the CRC of its one frame (right after the
+    // 8-byte version 1 header) recomputed as its harness does.
+    let mut bytes =
+        include_bytes!("../../fuzz/seeds/metadata/crash-v1-state-meta-value-count.meta").to_vec();
+    let frame = 8;
+    let stored = u32::from_le_bytes(bytes[frame..frame + 4].try_into().expect("4 bytes")) as usize;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[frame..frame + FRAME_CRC_OFFSET]);
+    crc.update(&bytes[frame + FRAME_HEADER_LEN..frame + FRAME_HEADER_LEN + stored]);
+    let crc = crc.finalize().to_le_bytes();
+    bytes[frame + FRAME_CRC_OFFSET..frame + FRAME_HEADER_LEN].copy_from_slice(&crc);
+    let e = decode_metadata("v1", &bytes).expect_err("a value state with two value schemas");
+    assert_eq!(e.kind(), ErrorKind::Corruption, "{e}");
+    assert!(e.to_string().contains("value schemas"), "{e}");
+}

@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::bytes::ByteReader;
+use super::coding::{Decode, Encode};
 use crate::checkpoint::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use crate::codec::CodecSchema;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
 use crate::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, IncrementalNativeStateHandle, KeyGroupsStateHandle,
@@ -160,12 +161,34 @@ enum DistributionV1 {
 }
 
 /// Decodes a version 1 payload (`payload` starts at offset `base` of `file`).
+///
+/// Version 1 checked nothing beyond postcard's layout, so the value is then
+/// held to every rule the current decoder enforces (a state's number of
+/// value schemas for its kind, ranges, offsets...) by decoding its current
+/// encoding: whatever this function returns, the current format can write
+/// and read back.
 pub(crate) fn decode(file: &str, base: u64, payload: &[u8]) -> Result<CheckpointMetadata> {
     let r = ByteReader::new(payload, file, base);
-    match postcard::take_from_bytes::<CheckpointMetadataV1>(payload) {
-        Ok((metadata, [])) => Ok(metadata.into()),
-        Ok((_, rest)) => Err(r.corrupted(format!("{} bytes after the metadata", rest.len()))),
-        Err(e) => Err(r.corrupted(format!("version 1 metadata does not decode: {e}"))),
+    let metadata: CheckpointMetadata =
+        match postcard::take_from_bytes::<CheckpointMetadataV1>(payload) {
+            Ok((metadata, [])) => metadata.into(),
+            Ok((_, rest)) => {
+                return Err(r.corrupted(format!("{} bytes after the metadata", rest.len())))
+            }
+            Err(e) => return Err(r.corrupted(format!("version 1 metadata does not decode: {e}"))),
+        };
+    let current = metadata.encode_to_vec().map_err(|e| {
+        r.corrupted(format!(
+            "version 1 metadata cannot be written as the current version: {e}"
+        ))
+    })?;
+    match CheckpointMetadata::decode_exact(&current, file, base, "metadata") {
+        Ok(checked) if checked == metadata => Ok(metadata),
+        Ok(_) => Err(r.corrupted("version 1 metadata does not survive the current encoding")),
+        Err(Error::Corrupted { reason, .. }) => Err(r.corrupted(format!(
+            "version 1 metadata breaks a rule of the format: {reason}"
+        ))),
+        Err(e) => Err(e),
     }
 }
 
