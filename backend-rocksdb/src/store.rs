@@ -198,17 +198,9 @@ impl RocksStore {
         if self.inst.db.cf_handle(name).is_none() {
             let what = format!("creating column family '{name}'");
             let opts = column_family_options(&self.options, &self.cache);
-            self.live(
-                self.inst
-                    .faults
-                    .check(FailPoint::CreateColumnFamily, self.db_name(), &what)
-                    .and_then(|()| {
-                        self.inst
-                            .db
-                            .create_cf(name, &opts)
-                            .map_err(rocks_err(self.db_name(), &what))
-                    }),
-            )?;
+            self.live(self.engine_write(FailPoint::CreateColumnFamily, &what, || {
+                self.inst.db.create_cf(name, &opts)
+            }))?;
         }
         Ok(())
     }
@@ -254,11 +246,23 @@ impl RocksStore {
     /// failure, `what` names the operation in errors). Callers decide whether
     /// a failure poisons the backend.
     fn write_batch(&self, batch: WriteBatch, point: FailPoint, what: &str) -> Result<()> {
+        self.engine_write(point, what, || {
+            self.inst.db.write_opt(batch, &self.write_options)
+        })
+    }
+
+    /// Runs one write into the instance: the failure point `point` first
+    /// (tests inject failures there), then `write`, its error classified
+    /// and named `what`.
+    #[inline]
+    fn engine_write(
+        &self,
+        point: FailPoint,
+        what: &str,
+        write: impl FnOnce() -> std::result::Result<(), rocksdb::Error>,
+    ) -> Result<()> {
         self.inst.faults.check(point, self.db_name(), what)?;
-        self.inst
-            .db
-            .write_opt(batch, &self.write_options)
-            .map_err(rocks_err(self.db_name(), what))
+        write().map_err(rocks_err(self.db_name(), what))
     }
 
     /// Writes a batch of restored records (a failure fails the restore).
@@ -382,17 +386,11 @@ impl RocksStore {
         }
         self.before_write(key.len() + operand.len(), 1);
         let cf = self.cf_at(index);
-        self.live(
+        self.live(self.engine_write(FailPoint::Merge, "merge", || {
             self.inst
-                .faults
-                .check(FailPoint::Merge, self.db_name(), "merge")
-                .and_then(|()| {
-                    self.inst
-                        .db
-                        .merge_cf_opt(cf, key, operand, &self.write_options)
-                        .map_err(rocks_err(self.db_name(), "merge"))
-                }),
-        )
+                .db
+                .merge_cf_opt(cf, key, operand, &self.write_options)
+        }))
     }
 
     /// Writes the buffered writes into RocksDB as one batch, sorted by key
@@ -424,15 +422,11 @@ impl RocksStore {
         self.before_write(2 * prefix.len(), 1);
         let cf = self.cf_at(index);
         self.live(
-            self.inst
-                .faults
-                .check(FailPoint::DeleteRange, self.db_name(), "delete range")
-                .and_then(|()| {
-                    self.inst
-                        .db
-                        .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
-                        .map_err(rocks_err(self.db_name(), "delete range"))
-                }),
+            self.engine_write(FailPoint::DeleteRange, "delete range", || {
+                self.inst
+                    .db
+                    .delete_range_cf_opt(cf, prefix, &end, &self.write_options)
+            }),
         )
     }
 
