@@ -171,6 +171,49 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
     o
 }
 
+/// The database options of an instance and the block cache its column
+/// families use: the budget's cache and write buffer manager with `budget`,
+/// else a cache of its own.
+fn instance_options(options: &RocksOptions, budget: Option<&MemoryBudget>) -> (Options, Cache) {
+    let cache = match budget {
+        Some(b) => b.cache().clone(),
+        None => Cache::new_lru_cache(options.block_cache_bytes),
+    };
+    let mut db_opts = column_family_options(options, &cache);
+    if let Some(b) = budget {
+        db_opts.set_write_buffer_manager(b.write_buffer_manager());
+    }
+    db_opts.create_missing_column_families(true);
+    // Checkpoints flush without waiting; leave room for a switched memtable.
+    db_opts.set_max_write_buffer_number(4);
+    (db_opts, cache)
+}
+
+/// The options an instance of the backend opens RocksDB with under
+/// `options`, and the options of its column families (one per state).
+///
+/// For baselines and tools that must run RocksDB exactly as the backend
+/// does: same compression, bloom filters, block cache (the memory budget's
+/// under [`MemoryMode::ProcessDefault`] or [`MemoryMode::Budget`]), memtable
+/// size, merge operator and write buffer manager. The backend writes with
+/// [`engine_write_options`]. The database options create missing databases
+/// and column families.
+pub fn engine_options(options: &RocksOptions) -> (Options, Options) {
+    let budget = options.memory.budget();
+    let (mut db, cache) = instance_options(options, budget.as_ref());
+    db.create_if_missing(true);
+    let cf = column_family_options(options, &cache);
+    (db, cf)
+}
+
+/// The write options of every write of the backend: no write-ahead log,
+/// since durability comes from checkpoints.
+pub fn engine_write_options() -> rocksdb::WriteOptions {
+    let mut w = rocksdb::WriteOptions::default();
+    w.disable_wal(true);
+    w
+}
+
 /// Opens the instance in `folder`: a fresh one, or with `existing` the
 /// database already placed there (a restored checkpoint), with all its
 /// column families; with `budget` its cache and memtables are the budget's.
@@ -183,18 +226,8 @@ pub(crate) fn open_instance(
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
     let name = folder.display().to_string();
-    let cache = match budget {
-        Some(b) => b.cache().clone(),
-        None => Cache::new_lru_cache(options.block_cache_bytes),
-    };
-    let mut db_opts = column_family_options(options, &cache);
-    if let Some(b) = budget {
-        db_opts.set_write_buffer_manager(b.write_buffer_manager());
-    }
+    let (mut db_opts, cache) = instance_options(options, budget);
     db_opts.create_if_missing(!existing);
-    db_opts.create_missing_column_families(true);
-    // Checkpoints flush without waiting; leave room for a switched memtable.
-    db_opts.set_max_write_buffer_number(4);
     let cfs = if existing {
         Db::list_cf(&db_opts, folder).map_err(rocks_err(&name, "listing column families"))?
     } else {

@@ -68,6 +68,7 @@ use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;
 use state_api::{Result, StateBackend};
 
+pub use db::{engine_options, engine_write_options};
 pub use keyed::RocksKeyedStateBackend;
 pub use memory::{MemoryBudget, MemoryBudgetConfig, MemoryMode, MemoryUsage};
 pub use options::RocksOptions;

@@ -100,9 +100,7 @@ impl RocksStore {
         if let Some(m) = &memory {
             buffer.set_limit(m.budget().task_buffer_bytes());
         }
-        let mut write_options = WriteOptions::default();
-        // Durability comes from checkpoints, not from RocksDB's log.
-        write_options.disable_wal(true);
+        let write_options = crate::db::engine_write_options();
         let handles = DbHandles::new(inst.clone(), |_| Vec::new());
         RocksStore {
             handles,
