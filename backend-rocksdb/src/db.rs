@@ -163,6 +163,15 @@ pub(crate) fn column_family_options(options: &RocksOptions, cache: &Cache) -> Op
         table.set_cache_index_and_filter_blocks(true);
         table.set_cache_index_and_filter_blocks_with_high_priority(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Partitioned: a file's index and filter are split into blocks of
+        // about 4 KiB under a small top level that stays pinned. Whole, the
+        // filter of one large SST is megabytes, and once data blocks evict
+        // it every lookup in that file reads it back from disk (9 MB per get
+        // was seen at 20,000,000 keys).
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
     }
     if options.bloom_bits_per_key > 0.0 {
         table.set_bloom_filter(options.bloom_bits_per_key, false);
