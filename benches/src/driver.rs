@@ -53,9 +53,14 @@ pub trait Driver {
     fn switch_to(&mut self, workload: Workload) -> bool;
 }
 
-/// Whether a driver of `from` may go on as `to` ([`Driver::switch_to`]).
-fn switchable(from: Workload, to: Workload) -> bool {
-    from == Workload::ValueGet && to == Workload::ValueUpdate
+/// Moves a driver's `current` workload to `to` if it may go on as `to`
+/// ([`Driver::switch_to`]).
+fn switch(current: &mut Workload, to: Workload) -> bool {
+    let ok = *current == Workload::ValueGet && to == Workload::ValueUpdate;
+    if ok {
+        *current = to;
+    }
+    ok
 }
 
 /// What every driver is built from.
@@ -248,11 +253,7 @@ where
     }
 
     fn switch_to(&mut self, workload: Workload) -> bool {
-        let ok = switchable(self.setup.workload, workload);
-        if ok {
-            self.setup.workload = workload;
-        }
-        ok
+        switch(&mut self.setup.workload, workload)
     }
 
     fn observe(&mut self, k: u32) -> Result<Observed> {
@@ -443,11 +444,7 @@ impl<K: BenchKey> Driver for HashMapDriver<K> {
     }
 
     fn switch_to(&mut self, workload: Workload) -> bool {
-        let ok = switchable(self.setup.workload, workload);
-        if ok {
-            self.setup.workload = workload;
-        }
-        ok
+        switch(&mut self.setup.workload, workload)
     }
 
     fn observe(&mut self, k: u32) -> Result<Observed> {
@@ -788,11 +785,7 @@ impl<S: KvStore, K: BenchKey> Driver for KvDriver<S, K> {
     }
 
     fn switch_to(&mut self, workload: Workload) -> bool {
-        let ok = switchable(self.setup.workload, workload);
-        if ok {
-            self.setup.workload = workload;
-        }
-        ok
+        switch(&mut self.setup.workload, workload)
     }
 
     fn observe(&mut self, k: u32) -> Result<Observed> {

@@ -494,27 +494,37 @@ fn header(out: &mut String, results: &Results) {
     );
 }
 
+/// A table with a row per `rows` item (named in the first column, headed
+/// `corner`) and a column per `columns` item; `cell(row, column)` fills it.
+fn grid(
+    out: &mut String,
+    corner: &str,
+    rows: &[String],
+    columns: &[String],
+    cell: impl Fn(&str, &str) -> String,
+) {
+    let mut head = vec![corner.to_string()];
+    head.extend(columns.iter().cloned());
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.clone()];
+            row.extend(columns.iter().map(|c| cell(r, c)));
+            row
+        })
+        .collect();
+    table(out, 1, &head, &rows);
+}
+
 /// Workloads × subjects table of a family, then its ratio table.
 fn throughput_section(out: &mut String, results: &Results, family: &str, with_ratios: bool) {
     let workloads = workloads(results, family);
     let subjects = subjects(results, family);
     let _ = writeln!(out, "## {}\n", family_title(family, results));
 
-    let mut head = vec!["workload".to_string()];
-    head.extend(subjects.iter().cloned());
-    let rows: Vec<Vec<String>> = workloads
-        .iter()
-        .map(|w| {
-            let mut row = vec![w.clone()];
-            row.extend(
-                subjects
-                    .iter()
-                    .map(|s| figure_or_missing(results.find(family, w, s))),
-            );
-            row
-        })
-        .collect();
-    table(out, 1, &head, &rows);
+    grid(out, "workload", &workloads, &subjects, |w, s| {
+        figure_or_missing(results.find(family, w, s))
+    });
 
     if !with_ratios {
         return;
@@ -557,21 +567,9 @@ fn checkpoint_section(out: &mut String, results: &Results, family: &str) {
         "`sync` is the synchronous part of a checkpoint, `total` the whole of it, `bytes` what \
          it wrote; `second` follows updates to a part of the keys. Lower is better.\n\n",
     );
-    let mut head = vec!["subject".to_string()];
-    head.extend(workloads.iter().cloned());
-    let rows: Vec<Vec<String>> = subjects
-        .iter()
-        .map(|s| {
-            let mut row = vec![s.clone()];
-            row.extend(
-                workloads
-                    .iter()
-                    .map(|w| figure_or_missing(results.find(family, w, s))),
-            );
-            row
-        })
-        .collect();
-    table(out, 1, &head, &rows);
+    grid(out, "subject", &subjects, &workloads, |s, w| {
+        figure_or_missing(results.find(family, w, s))
+    });
 }
 
 /// Subjects × (workload, ratio to the baseline) table of the memory family.

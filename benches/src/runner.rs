@@ -4,20 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::progress::Progress;
+use crate::report::FAMILIES;
 use crate::results::{Machine, Results, RunOptions, RESULTS_VERSION};
 use crate::subject::Subject;
 use crate::throughput::ThroughputConfig;
 use crate::workload::{Kind, Workload, KEYS, SEED, STREAM_LEN};
 use crate::{checkpoint, machine, memory, throughput, BenchError, Result};
-
-/// The workload families, in run order.
-pub const FAMILIES: [&str; 5] = [
-    "throughput",
-    "throughput-string",
-    "large-state",
-    "checkpoint",
-    "memory",
-];
 
 /// Which workloads of which family run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
