@@ -84,9 +84,11 @@ pub fn run<K: BenchKey>(
     for &workload in &order {
         // Every carried driver ran the same workload: all switch or none.
         let carried_on = carried.take().and_then(|(_, mut ds)| {
-            ds.iter_mut()
-                .fold(true, |ok, d| d.switch_to(workload) && ok)
-                .then_some(ds)
+            let mut all = true;
+            for d in ds.iter_mut() {
+                all &= d.switch_to(workload);
+            }
+            all.then_some(ds)
         });
         let mut drivers = match carried_on {
             Some(ds) => ds,
