@@ -23,7 +23,7 @@ use state_api::codec::{Codec, CodecSchema, Compatibility, SharedCodec};
 use state_api::format::bytes::put_bytes;
 use state_api::format::frame::MAX_FRAME_PAYLOAD;
 use state_api::format::keyed::KeyedSnapshotMeta;
-use state_api::key_group::locate_key;
+use state_api::key_group::{encode_and_locate_key, KeyGroupMapper};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
@@ -69,6 +69,7 @@ struct Registered {
 pub struct RocksKeyedStateBackend<K: StateKey> {
     id: u64,
     max_parallelism: u32,
+    key_groups: KeyGroupMapper,
     range: KeyGroupRange,
     prefix_len: usize,
     key_codec: SharedCodec<K>,
@@ -109,11 +110,13 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 ),
             });
         }
+        let key_groups = KeyGroupMapper::new(params.max_parallelism)?;
         let result = restore::open_store(folder, &params, restore, options);
         match result {
             Ok((store, pending)) => Ok(RocksKeyedStateBackend {
                 id: next_backend_instance_id(),
                 max_parallelism: params.max_parallelism,
+                key_groups,
                 range: params.key_group_range,
                 prefix_len: keys::prefix_len(params.max_parallelism),
                 key_codec: params.key_codec.clone(),
@@ -263,11 +266,11 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
 
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.store.check_open()?;
-        let (group, _) = locate_key(
+        let (group, _) = encode_and_locate_key(
             &*self.key_codec,
             &key,
             &mut self.scratch,
-            self.max_parallelism,
+            &self.key_groups,
             &self.range,
         )?;
         self.key_prefix.clear();

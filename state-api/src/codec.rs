@@ -107,6 +107,26 @@ pub trait Codec<T>: Send + Sync + 'static {
         let _ = written;
         self.decode(bytes)
     }
+
+    /// The key hash of `value`: [`crate::key_group::key_hash`] of the bytes
+    /// [`Codec::encode`] writes, which places a key in its key group. The
+    /// default encodes into `scratch` (cleared first) and hashes it. A codec
+    /// may compute it without encoding, but must return exactly that hash:
+    /// it is part of the persisted format.
+    #[inline]
+    fn key_hash(&self, value: &T, scratch: &mut Vec<u8>) -> Result<u32, CodecError> {
+        scratch.clear();
+        self.encode(value, scratch)?;
+        Ok(crate::key_group::key_hash(scratch))
+    }
+
+    /// A plain function returning [`Codec::key_hash`] of a value, for
+    /// codecs whose keys hash without scratch space and never fail (the
+    /// default codec's integers). Backends call it on every record instead of
+    /// the dynamic `key_hash`. The default: none.
+    fn key_hasher(&self) -> Option<fn(&T) -> u32> {
+        None
+    }
 }
 
 /// A function that reads bytes of an older schema version.
@@ -315,6 +335,24 @@ where
             .map_err(|e| CodecError(format!("postcard encode: {e}")))
     }
 
+    /// Integers, `bool` and strings are hashed without serde: an integer's
+    /// varint is built on the stack, a string's length prefix and bytes go
+    /// straight into `scratch`. The bytes are postcard's, so the hash is the
+    /// same (tested against [`Codec::encode`] for every such type).
+    #[inline]
+    fn key_hash(&self, value: &T, scratch: &mut Vec<u8>) -> Result<u32, CodecError> {
+        if let Some(hash) = fast_key::hash(value, scratch) {
+            return Ok(hash);
+        }
+        scratch.clear();
+        self.encode(value, scratch)?;
+        Ok(crate::key_group::key_hash(scratch))
+    }
+
+    fn key_hasher(&self) -> Option<fn(&T) -> u32> {
+        fast_key::hasher::<T>()
+    }
+
     #[inline]
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         match postcard::take_from_bytes::<T>(bytes) {
@@ -353,6 +391,127 @@ where
 
 /// A postcard output that appends to a caller's buffer (no allocation once
 /// the buffer has grown).
+/// Key hashes of the types whose postcard bytes are simple enough to build
+/// by hand (see [`PostcardCodec`]'s `key_hash`).
+mod fast_key {
+    use std::any::Any;
+
+    use crate::key_group::key_hash;
+
+    /// The key hash of postcard's varint of `v` (seven bits a byte, low
+    /// bits first, the high bit set on every byte but the last), without
+    /// writing the bytes out: the 7-bit groups are spread into the bytes of
+    /// two words with shifts and masks, and the words are hashed directly. No
+    /// branch depends on the value but the length's. The same value as
+    /// [`key_hash`] of the bytes (tested below at every length).
+    #[inline(always)]
+    fn varint_hash(v: u64) -> u32 {
+        if v < 1 << 28 {
+            // One to four bytes: one word.
+            let v = v as u32;
+            let word = (v & 0x7f)
+                | ((v << 1) & 0x7f00)
+                | ((v << 2) & 0x7f_0000)
+                | ((v << 3) & 0x7f00_0000);
+            let len = (32 - (v | 1).leading_zeros()).div_ceil(7);
+            let cont = 0x0080_8080 & ((1u32 << (8 * (len - 1))) - 1);
+            return crate::key_group::murmur3_32_word(word | cont, len);
+        }
+        // Bytes 0..8 carry bits 0..56, bytes 8 and 9 bits 56..64.
+        let mut lo = 0u64;
+        for i in 0..8 {
+            lo |= ((v >> (7 * i)) & 0x7f) << (8 * i);
+        }
+        let hi = ((v >> 56) & 0x7f) | ((v >> 63) << 8);
+        let bits = 64 - (v | 1).leading_zeros();
+        let len = bits.div_ceil(7);
+        // Continuation bits on the first `len - 1` bytes.
+        let lo_cont = if len >= 9 {
+            0x8080_8080_8080_8080
+        } else {
+            0x8080_8080_8080_8080 & ((1u64 << (8 * (len - 1))) - 1)
+        };
+        let hi_cont = if len == 10 { 0x80 } else { 0 };
+        let bytes = u128::from(lo | lo_cont) | (u128::from(hi | hi_cont) << 64);
+        crate::key_group::murmur3_32_words(bytes, len)
+    }
+
+    #[inline(always)]
+    fn zigzag(v: i64) -> u64 {
+        ((v << 1) ^ (v >> 63)) as u64
+    }
+
+    /// The key hash of a fixed-width value's postcard bytes (integers and
+    /// `bool`), `None` for other types. The type tests fold away at compile
+    /// time.
+    #[inline]
+    fn fixed<T: 'static>(value: &T) -> Option<u32> {
+        let any = value as &dyn Any;
+        if let Some(v) = any.downcast_ref::<i64>() {
+            return Some(varint_hash(zigzag(*v)));
+        }
+        if let Some(v) = any.downcast_ref::<u64>() {
+            return Some(varint_hash(*v));
+        }
+        if let Some(v) = any.downcast_ref::<i32>() {
+            return Some(varint_hash(zigzag(i64::from(*v))));
+        }
+        if let Some(v) = any.downcast_ref::<u32>() {
+            return Some(varint_hash(u64::from(*v)));
+        }
+        if let Some(v) = any.downcast_ref::<i16>() {
+            return Some(varint_hash(zigzag(i64::from(*v))));
+        }
+        if let Some(v) = any.downcast_ref::<u16>() {
+            return Some(varint_hash(u64::from(*v)));
+        }
+        if let Some(v) = any.downcast_ref::<u8>() {
+            return Some(key_hash(&[*v]));
+        }
+        if let Some(v) = any.downcast_ref::<i8>() {
+            return Some(key_hash(&[*v as u8]));
+        }
+        if let Some(v) = any.downcast_ref::<bool>() {
+            return Some(key_hash(&[u8::from(*v)]));
+        }
+        None
+    }
+
+    /// [`fixed`] as a plain function, for the types it handles.
+    pub(super) fn hasher<T: 'static>() -> Option<fn(&T) -> u32> {
+        use std::any::TypeId;
+        let t = TypeId::of::<T>();
+        let fixed_width = [
+            TypeId::of::<i64>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<i32>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<i16>(),
+            TypeId::of::<u16>(),
+            TypeId::of::<u8>(),
+            TypeId::of::<i8>(),
+            TypeId::of::<bool>(),
+        ];
+        fixed_width
+            .contains(&t)
+            .then_some(|v: &T| fixed(v).unwrap_or_default())
+    }
+
+    /// The key hash of `value`'s postcard bytes, for the types handled here
+    /// (`None` for the others).
+    #[inline]
+    pub(super) fn hash<T: 'static>(value: &T, scratch: &mut Vec<u8>) -> Option<u32> {
+        if let Some(hash) = fixed(value) {
+            return Some(hash);
+        }
+        let text = (value as &dyn Any).downcast_ref::<String>()?;
+        scratch.clear();
+        crate::format::bytes::put_varint(scratch, text.len() as u64);
+        scratch.extend_from_slice(text.as_bytes());
+        Some(key_hash(scratch))
+    }
+}
+
 struct AppendToVec<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for AppendToVec<'_> {
@@ -525,5 +684,83 @@ mod tests {
         assert!(new
             .decode_written(&CodecSchema::new("x", 1), &bytes)
             .is_err());
+    }
+
+    /// What the default `key_hash` computes: the hash of the encoding.
+    fn encoded_hash<T: Serialize + DeserializeOwned + 'static>(v: &T) -> u32 {
+        let mut bytes = Vec::new();
+        PostcardCodec::<T>::new()
+            .encode(v, &mut bytes)
+            .expect("encode");
+        crate::key_group::key_hash(&bytes)
+    }
+
+    fn fast_hash<T: Serialize + DeserializeOwned + 'static>(v: &T) -> u32 {
+        let mut scratch = vec![0xAB; 3];
+        PostcardCodec::<T>::new()
+            .key_hash(v, &mut scratch)
+            .expect("hash")
+    }
+
+    proptest::proptest! {
+        /// The fast key hashes are the hashes of postcard's bytes, at every
+        /// varint length and sign.
+        #[test]
+        fn fast_key_hashes_equal_the_hash_of_the_encoding(
+            a in proptest::num::i64::ANY,
+            shift in 0u32..64,
+            s in ".{0,200}",
+        ) {
+            let small = a >> shift;
+            proptest::prop_assert_eq!(fast_hash(&a), encoded_hash(&a));
+            proptest::prop_assert_eq!(fast_hash(&small), encoded_hash(&small));
+            proptest::prop_assert_eq!(fast_hash(&(small as u64)), encoded_hash(&(small as u64)));
+            proptest::prop_assert_eq!(fast_hash(&(a as u64)), encoded_hash(&(a as u64)));
+            proptest::prop_assert_eq!(fast_hash(&(small as i32)), encoded_hash(&(small as i32)));
+            proptest::prop_assert_eq!(fast_hash(&(small as u32)), encoded_hash(&(small as u32)));
+            proptest::prop_assert_eq!(fast_hash(&(small as i16)), encoded_hash(&(small as i16)));
+            proptest::prop_assert_eq!(fast_hash(&(small as u16)), encoded_hash(&(small as u16)));
+            proptest::prop_assert_eq!(fast_hash(&(small as i8)), encoded_hash(&(small as i8)));
+            proptest::prop_assert_eq!(fast_hash(&(small as u8)), encoded_hash(&(small as u8)));
+            proptest::prop_assert_eq!(fast_hash(&(a < 0)), encoded_hash(&(a < 0)));
+            proptest::prop_assert_eq!(fast_hash(&s), encoded_hash(&s));
+        }
+    }
+
+    #[test]
+    fn key_hashers_exist_for_fixed_width_keys_and_agree() {
+        fn agree<T: Serialize + DeserializeOwned + 'static>(values: &[T]) {
+            let codec = PostcardCodec::<T>::new();
+            let hasher = codec.key_hasher().expect("a fixed-width key");
+            for v in values {
+                assert_eq!(hasher(v), encoded_hash(v));
+            }
+        }
+        agree(&[0i64, -1, 300, i64::MIN, i64::MAX]);
+        agree(&[0u64, 300, u64::MAX]);
+        agree(&[0i32, -70_000, i32::MAX]);
+        agree(&[0u32, u32::MAX]);
+        agree(&[-3i16, i16::MAX]);
+        agree(&[7u16, u16::MAX]);
+        agree(&[-3i8, 100]);
+        agree(&[3u8, 255]);
+        agree(&[true, false]);
+        assert!(PostcardCodec::<String>::new().key_hasher().is_none());
+        assert!(PostcardCodec::<(i64, i64)>::new().key_hasher().is_none());
+    }
+
+    #[test]
+    fn fast_key_hashes_at_the_edges() {
+        for v in [0, 1, -1, 63, 64, -64, -65, i64::MIN, i64::MAX] {
+            assert_eq!(fast_hash(&v), encoded_hash(&v), "{v}");
+        }
+        for v in [0u64, 127, 128, 16_383, 16_384, u64::MAX] {
+            assert_eq!(fast_hash(&v), encoded_hash(&v), "{v}");
+        }
+        let long = "x".repeat(300);
+        assert_eq!(fast_hash(&long), encoded_hash(&long));
+        // A type without a fast path takes the default.
+        let pair = (3i64, "k".to_string());
+        assert_eq!(fast_hash(&pair), encoded_hash(&pair));
     }
 }

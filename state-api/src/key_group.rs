@@ -31,6 +31,7 @@ const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 
 /// MurmurHash3 x86 32-bit of `data` with `seed`.
+#[inline]
 pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
     let mut h = seed;
     let mut chunks = data.chunks_exact(4);
@@ -51,10 +52,49 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
     fmix32(h)
 }
 
+/// MurmurHash3 x86 32-bit with seed 0 of the first `len` (1 to 4)
+/// little-endian bytes of `word`.
+#[inline(always)]
+pub(crate) fn murmur3_32_word(word: u32, len: u32) -> u32 {
+    debug_assert!((1..=4).contains(&len));
+    let h = if len == 4 {
+        mix_k(word)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64)
+    } else {
+        mix_k(word)
+    };
+    fmix32(h ^ len)
+}
+
+/// MurmurHash3 x86 32-bit with seed 0 of the first `len` (at most 16)
+/// little-endian bytes of `bytes`: [`murmur3_32`] for short keys held in
+/// registers, with no slice and no byte loop.
+#[inline]
+pub(crate) fn murmur3_32_words(bytes: u128, len: u32) -> u32 {
+    debug_assert!(len <= 16);
+    let mut h = 0u32;
+    let blocks = len / 4;
+    for i in 0..blocks {
+        let k = (bytes >> (32 * i)) as u32;
+        h ^= mix_k(k);
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+    let tail = len % 4;
+    if tail != 0 {
+        let k = ((bytes >> (32 * blocks)) as u32) & (u32::MAX >> (32 - 8 * tail));
+        h ^= mix_k(k);
+    }
+    fmix32(h ^ len)
+}
+
+#[inline(always)]
 fn mix_k(k: u32) -> u32 {
     k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2)
 }
 
+#[inline(always)]
 fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
@@ -66,6 +106,7 @@ fn fmix32(mut h: u32) -> u32 {
 
 /// Flink's `MathUtils.murmurHash(int)`: scrambles a 32-bit hash and returns a
 /// non-negative value (as an `i32` would be).
+#[inline]
 pub fn murmur_fmix(code: u32) -> u32 {
     let mut h = mix_k(code);
     h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
@@ -81,6 +122,7 @@ pub fn murmur_fmix(code: u32) -> u32 {
 }
 
 /// The fixed hash of a key's canonical bytes.
+#[inline]
 pub fn key_hash(canonical_key_bytes: &[u8]) -> u32 {
     murmur3_32(canonical_key_bytes, 0)
 }
@@ -127,28 +169,165 @@ pub fn key_group_for_hash(hash: u32, max_parallelism: u32) -> u32 {
     murmur_fmix(hash) % max_parallelism
 }
 
-/// Encodes `key` with `codec` into `buf` (cleared first) and returns its key
-/// group and the group's position in `range`; a key of another subtask's
-/// key group is a [`Error::KeyGroupOutOfRange`]. What every keyed backend does
-/// when the current key is set.
+/// Maps key hashes to the key groups of one max parallelism, with the
+/// division precomputed (a multiply and a shift instead of a hardware
+/// division, Lemire's exact "fastmod"; the same result as
+/// [`key_group_for_hash`] for every hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyGroupMapper {
+    max_parallelism: u32,
+    magic: u64,
+}
+
+impl KeyGroupMapper {
+    /// The mapper for `max_parallelism` (checked with [`check_max_parallelism`]).
+    pub fn new(max_parallelism: u32) -> Result<Self> {
+        check_max_parallelism(max_parallelism)?;
+        Ok(KeyGroupMapper {
+            max_parallelism,
+            magic: (u64::MAX / u64::from(max_parallelism)).wrapping_add(1),
+        })
+    }
+
+    /// The max parallelism.
+    #[inline]
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    /// The key group of a key hash ([`key_group_for_hash`]).
+    #[inline(always)]
+    pub fn key_group_for_hash(&self, hash: u32) -> u32 {
+        let low = self.magic.wrapping_mul(u64::from(murmur_fmix(hash)));
+        ((u128::from(low) * u128::from(self.max_parallelism)) >> 64) as u32
+    }
+}
+
+/// What a keyed backend needs to place its current key: the key codec (and
+/// its plain hash function when it has one, see
+/// [`Codec::key_hasher`](crate::codec::Codec::key_hasher)), the key-group
+/// mapper and the backend's range.
+pub struct KeyLocator<K> {
+    codec: crate::codec::SharedCodec<K>,
+    hasher: Option<fn(&K) -> u32>,
+    mapper: KeyGroupMapper,
+    range: KeyGroupRange,
+    scratch: Vec<u8>,
+}
+
+impl<K: 'static> KeyLocator<K> {
+    /// A locator for keys encoded with `codec`, owned by a backend of
+    /// `range` at `max_parallelism`.
+    pub fn new(
+        codec: crate::codec::SharedCodec<K>,
+        max_parallelism: u32,
+        range: KeyGroupRange,
+    ) -> Result<Self> {
+        range.check_within(max_parallelism)?;
+        Ok(KeyLocator {
+            hasher: codec.key_hasher(),
+            codec,
+            mapper: KeyGroupMapper::new(max_parallelism)?,
+            range,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The key's hash ([`key_hash`] of its canonical bytes).
+    #[inline]
+    pub fn key_hash(&mut self, key: &K) -> Result<u32> {
+        match self.hasher {
+            Some(hash) => Ok(hash(key)),
+            None => self
+                .codec
+                .key_hash(key, &mut self.scratch)
+                .map_err(|e| crate::error::codec_error("<key>", "key", e)),
+        }
+    }
+
+    /// The key's group and the group's position in the range; a key of
+    /// another subtask's key group is a [`Error::KeyGroupOutOfRange`].
+    #[inline]
+    pub fn locate(&mut self, key: &K) -> Result<(u32, usize)> {
+        let hash = self.key_hash(key)?;
+        let group = self.mapper.key_group_for_hash(hash);
+        match self.range.index_of(group) {
+            Some(index) => Ok((group, index)),
+            None => Err(Error::KeyGroupOutOfRange {
+                key_group: group,
+                range: self.range,
+            }),
+        }
+    }
+}
+
+/// Like [`locate_key`], for backends that store the key's bytes: encodes
+/// `key` into `buf` (cleared first), which then holds its canonical bytes.
 #[inline]
-pub fn locate_key<K: 'static>(
+pub fn encode_and_locate_key<K: 'static>(
     codec: &dyn crate::codec::Codec<K>,
     key: &K,
     buf: &mut Vec<u8>,
-    max_parallelism: u32,
+    mapper: &KeyGroupMapper,
     range: &KeyGroupRange,
 ) -> Result<(u32, usize)> {
     buf.clear();
     codec
         .encode(key, buf)
         .map_err(|e| crate::error::codec_error("<key>", "key", e))?;
-    let group = key_group_for_hash(key_hash(buf), max_parallelism);
-    let index = range.index_of(group).ok_or(Error::KeyGroupOutOfRange {
-        key_group: group,
-        range: *range,
-    })?;
+    let group = mapper.key_group_for_hash(key_hash(buf));
+    let index = range
+        .index_of(group)
+        .ok_or_else(|| Error::KeyGroupOutOfRange {
+            key_group: group,
+            range: *range,
+        })?;
     Ok((group, index))
+}
+
+/// Routes keys the way keyed backends place them: key → key group →
+/// subtask. Built from the key codec and max parallelism the backends use, so
+/// an engine partitions records exactly as the state is partitioned.
+///
+/// ```
+/// use state_api::codec::postcard;
+/// use state_api::key_group::{KeyGroupRange, KeyRouter};
+///
+/// let mut router = KeyRouter::new(postcard::<i64>(), 128)?;
+/// let group = router.key_group(&42)?;
+/// let subtask = router.subtask(&42, 4)?;
+/// assert!(KeyGroupRange::for_operator(128, 4, subtask)?.contains(group));
+/// # Ok::<(), state_api::Error>(())
+/// ```
+pub struct KeyRouter<K> {
+    locator: KeyLocator<K>,
+}
+
+impl<K: 'static> KeyRouter<K> {
+    /// A router for keys encoded with `codec`, at `max_parallelism`.
+    pub fn new(codec: crate::codec::SharedCodec<K>, max_parallelism: u32) -> Result<Self> {
+        check_max_parallelism(max_parallelism)?;
+        Ok(KeyRouter {
+            locator: KeyLocator::new(codec, max_parallelism, KeyGroupRange::all(max_parallelism))?,
+        })
+    }
+
+    /// The max parallelism.
+    pub fn max_parallelism(&self) -> u32 {
+        self.locator.mapper.max_parallelism()
+    }
+
+    /// The key group of `key`.
+    #[inline]
+    pub fn key_group(&mut self, key: &K) -> Result<u32> {
+        Ok(self.locator.locate(key)?.0)
+    }
+
+    /// The subtask that owns `key` at `parallelism`.
+    pub fn subtask(&mut self, key: &K, parallelism: u32) -> Result<u32> {
+        let group = self.key_group(key)?;
+        operator_index_for_key_group(group, parallelism, self.max_parallelism())
+    }
 }
 
 /// The index of the operator (subtask) that owns `key_group` at `parallelism`.
@@ -326,6 +505,58 @@ impl fmt::Debug for KeyGroupRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mapper_divides_exactly() {
+        let mut hashes: Vec<u32> = vec![0, 1, 2, 127, 128, u32::MAX, u32::MAX - 1, 1 << 31];
+        let mut x = 0x9E37_79B9u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            hashes.push(x);
+        }
+        for max_parallelism in [1, 2, 3, 7, 128, 129, 1000, 4096, 10_007, 32_767, 32_768] {
+            let mapper = KeyGroupMapper::new(max_parallelism).expect("valid");
+            for &h in &hashes {
+                assert_eq!(
+                    mapper.key_group_for_hash(h),
+                    key_group_for_hash(h, max_parallelism),
+                    "hash {h} at {max_parallelism}"
+                );
+            }
+        }
+        assert!(KeyGroupMapper::new(0).is_err());
+        assert!(KeyGroupMapper::new(MAX_MAX_PARALLELISM + 1).is_err());
+    }
+
+    #[test]
+    fn murmur3_of_one_word_equals_murmur3_of_bytes() {
+        let mut x = 0x9E37_79B9u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            for len in 1..=4u32 {
+                let bytes = &x.to_le_bytes()[..len as usize];
+                let masked = if len == 4 { x } else { x & ((1u32 << (8 * len)) - 1) };
+                assert_eq!(murmur3_32_word(masked, len), murmur3_32(bytes, 0), "{len}");
+            }
+        }
+    }
+
+    #[test]
+    fn murmur3_of_words_equals_murmur3_of_bytes() {
+        let mut x = 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128;
+        for _ in 0..2_000 {
+            x = x.rotate_left(7) ^ (x >> 3) ^ 0x9E37_79B9_7F4A_7C15;
+            for len in 0..=16u32 {
+                let bytes = &x.to_le_bytes()[..len as usize];
+                let masked = if len == 16 { x } else { x & ((1u128 << (8 * len)) - 1) };
+                assert_eq!(murmur3_32_words(masked, len), murmur3_32(bytes, 0), "{len}");
+            }
+        }
+    }
 
     #[test]
     fn murmur3_known_answers() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use state_api::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
 use state_api::backend::KeyedBackendParams;
-use state_api::key_group::locate_key;
+use state_api::key_group::KeyLocator;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
@@ -48,10 +48,12 @@ pub struct HeapOptions {
 /// Keyed state of one subtask, on the heap.
 pub struct HeapKeyedStateBackend<K: StateKey> {
     id: u64,
+    /// `id` while open, 0 once closed (no backend has id 0).
+    open_id: u64,
     current: Option<K>,
     current_group: u32,
     current_index: usize,
-    key_buf: Vec<u8>,
+    locator: KeyLocator<K>,
     store: HeapStore<K>,
     running: CancellationRegistry,
     closed: bool,
@@ -81,13 +83,20 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 });
             }
         }
+        let locator = KeyLocator::new(
+            params.key_codec.clone(),
+            params.max_parallelism,
+            params.key_group_range,
+        )?;
         let store = HeapStore::new(params, restore, options.incremental.is_some())?;
+        let id = next_backend_instance_id();
         Ok(HeapKeyedStateBackend {
-            id: next_backend_instance_id(),
+            id,
+            open_id: id,
             current: None,
             current_group: 0,
             current_index: 0,
-            key_buf: Vec::with_capacity(64),
+            locator,
             store,
             running: CancellationRegistry::default(),
             closed: false,
@@ -124,26 +133,44 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     }
 
     /// The typed table of a handle, the current key and its key-group index.
+    /// The per-record path: one comparison covers "closed" and "another
+    /// backend's handle" (`open_id` is 0 once closed, and ids start at 1),
+    /// and the table is reached with one virtual call (its type id).
     #[inline]
     fn access<T: 'static>(&mut self, core: &HandleCore) -> Result<(&mut T, &K, usize)> {
-        if self.closed {
-            return Err(Error::Closed);
+        if core.backend() != self.open_id {
+            return Err(self.refusal(core));
         }
-        if core.backend() != self.id {
-            return Err(Error::ForeignHandle {
-                name: core.name().to_string(),
-            });
-        }
-        let key = self.current.as_ref().ok_or(Error::NoCurrentKey)?;
+        let Some(key) = self.current.as_ref() else {
+            return Err(Error::NoCurrentKey);
+        };
         let table = self
             .store
             .states
             .get_mut(core.index())
-            .and_then(|s| s.table.as_any_mut().downcast_mut::<T>())
-            .ok_or_else(|| Error::ForeignHandle {
-                name: core.name().to_string(),
-            })?;
-        Ok((table, key, self.current_index))
+            .and_then(|s| (&mut *s.table as &mut dyn Any).downcast_mut::<T>());
+        match table {
+            Some(table) => Ok((table, key, self.current_index)),
+            None => Err(foreign(core)),
+        }
+    }
+
+    /// Why a handle is refused: the backend is closed, or the handle is
+    /// another backend's.
+    #[cold]
+    fn refusal(&self, core: &HandleCore) -> Error {
+        if self.closed {
+            Error::Closed
+        } else {
+            foreign(core)
+        }
+    }
+}
+
+#[cold]
+fn foreign(core: &HandleCore) -> Error {
+    Error::ForeignHandle {
+        name: core.name().to_string(),
     }
 }
 
@@ -161,13 +188,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.check_open()?;
-        let (group, index) = locate_key(
-            &*self.store.key_codec,
-            &key,
-            &mut self.key_buf,
-            self.store.max_parallelism,
-            &self.store.range,
-        )?;
+        let (group, index) = self.locator.locate(&key)?;
         self.current = Some(key);
         self.current_group = group;
         self.current_index = index;
@@ -305,6 +326,28 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
             Some(list) => Arc::make_mut(list).extend(elements),
             None => {
                 group.insert(EntryKey(key.clone(), namespace.clone()), Arc::new(elements));
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn list_push<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        element: T,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<ListTable<K, N, T>>(state.core())?;
+        table.touch(index, key, namespace);
+        let group = &mut table.groups[index];
+        match group.get_mut(&EntryRef(key, namespace)) {
+            Some(list) => Arc::make_mut(list).push(element),
+            None => {
+                group.insert(
+                    EntryKey(key.clone(), namespace.clone()),
+                    Arc::new(vec![element]),
+                );
             }
         }
         Ok(())
@@ -505,6 +548,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
 
     fn close(&mut self) {
         self.closed = true;
+        self.open_id = 0;
         self.running.cancel_all();
         self.store.clear();
         self.current = None;

@@ -4,6 +4,7 @@
 //! ([`super::registration`]), the backend's state access reads and writes its
 //! tables, and a snapshot shares them ([`HeapStore::snapshot_parts`]).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -129,7 +130,7 @@ impl<K: StateKey> HeapStore<K> {
         if let Some(i) = self.states.iter().position(|s| s.meta.name == meta.name) {
             let existing = &self.states[i];
             check_same_registration(&existing.meta, &meta)?;
-            if !existing.table.as_any().is::<T>() {
+            if !(&*existing.table as &dyn Any).is::<T>() {
                 return Err(Error::StateKindMismatch {
                     name: meta.name.clone(),
                     registered: format!("{} of other types", existing.meta.kind),

@@ -229,12 +229,9 @@ pub struct TableSnapshot<K, N, S, C> {
     codec: Arc<C>,
 }
 
-/// What the backend needs of a table without knowing its types.
-pub trait ErasedTable<K>: Send {
-    /// For typed access.
-    fn as_any(&self) -> &dyn Any;
-    /// For typed access.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+/// What the backend needs of a table without knowing its types. Typed
+/// access upcasts it to `dyn Any` and downcasts that.
+pub trait ErasedTable<K>: Any + Send {
     /// Number of (key, namespace) entries.
     fn entries(&self) -> usize;
     /// Shares the current entries with a snapshot: O(key groups).
@@ -279,14 +276,6 @@ pub trait ErasedTableSnapshot<K>: Send {
 impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTable<K>
     for StateTable<K, N, S, C>
 {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
     fn entries(&self) -> usize {
         self.groups.iter().map(|g| g.len()).sum()
     }

@@ -156,6 +156,17 @@ pub trait KeyedStateBackend: Send + Sized {
         elements: Vec<T>,
     ) -> Result<()>;
 
+    /// Appends one element. The default appends a one-element batch;
+    /// backends override it to skip that allocation.
+    fn list_push<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        element: T,
+    ) -> Result<()> {
+        self.list_append(state, namespace, vec![element])
+    }
+
     /// Replaces the list; an empty list removes the entry.
     fn list_replace<N: Namespace, T: StateValue>(
         &mut self,

@@ -225,7 +225,7 @@ impl<B: KeyedStateBackend, T: StateValue, N: Namespace> Bound<'_, B, ListState<T
     /// Appends one element.
     pub fn add(&mut self, element: T) -> Result<()> {
         self.backend
-            .list_append(&self.state.list, self.namespace, vec![element])
+            .list_push(&self.state.list, self.namespace, element)
     }
 
     /// Appends elements; an empty batch is a no-op.
