@@ -539,7 +539,11 @@ mod tests {
             x ^= x << 5;
             for len in 1..=4u32 {
                 let bytes = &x.to_le_bytes()[..len as usize];
-                let masked = if len == 4 { x } else { x & ((1u32 << (8 * len)) - 1) };
+                let masked = if len == 4 {
+                    x
+                } else {
+                    x & ((1u32 << (8 * len)) - 1)
+                };
                 assert_eq!(murmur3_32_word(masked, len), murmur3_32(bytes, 0), "{len}");
             }
         }
@@ -552,7 +556,11 @@ mod tests {
             x = x.rotate_left(7) ^ (x >> 3) ^ 0x9E37_79B9_7F4A_7C15;
             for len in 0..=16u32 {
                 let bytes = &x.to_le_bytes()[..len as usize];
-                let masked = if len == 16 { x } else { x & ((1u128 << (8 * len)) - 1) };
+                let masked = if len == 16 {
+                    x
+                } else {
+                    x & ((1u128 << (8 * len)) - 1)
+                };
                 assert_eq!(murmur3_32_words(masked, len), murmur3_32(bytes, 0), "{len}");
             }
         }
