@@ -82,6 +82,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     key_prefix: Vec<u8>,
     scratch: Vec<u8>,
     value_buf: Vec<u8>,
+    /// Reused for a list element or a map entry's full key.
+    item_buf: Vec<u8>,
     states: Vec<Registered>,
     /// Restored states not registered yet (their data is already in RocksDB).
     pending: Vec<StateMeta>,
@@ -126,6 +128,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 key_prefix: Vec::with_capacity(64),
                 scratch: Vec::with_capacity(128),
                 value_buf: Vec::with_capacity(128),
+                item_buf: Vec::with_capacity(128),
                 states: Vec::new(),
                 pending,
                 running: CancellationRegistry::default(),
@@ -251,6 +254,42 @@ fn convert<T: 'static>(
         .encode(&value, &mut out)
         .map_err(|e| codec_error(state, role, e))?;
     Ok(out)
+}
+
+/// Encodes list elements, each length-prefixed, into `out` (cleared first);
+/// `item` is scratch space.
+fn encode_elements<N: Namespace, T: StateValue>(
+    out: &mut Vec<u8>,
+    item: &mut Vec<u8>,
+    codec: &dyn state_api::codec::Codec<T>,
+    elements: &[T],
+    state: &ListHandle<N, T>,
+) -> Result<()> {
+    out.clear();
+    for e in elements {
+        item.clear();
+        codec
+            .encode(e, item)
+            .map_err(|e| codec_error(state.core().name(), "element", e))?;
+        put_bytes(out, item);
+    }
+    Ok(())
+}
+
+/// Writes the full key of `user_key`'s entry, the (key, namespace) prefix
+/// followed by the encoded user key, into `out`.
+fn user_entry_key<N: Namespace, UK: StateKey, UV: StateValue>(
+    out: &mut Vec<u8>,
+    prefix: &[u8],
+    codec: &dyn state_api::codec::Codec<UK>,
+    user_key: &UK,
+    state: &MapHandle<N, UK, UV>,
+) -> Result<()> {
+    out.clear();
+    out.extend_from_slice(prefix);
+    codec
+        .encode(user_key, out)
+        .map_err(|e| codec_error(state.core().name(), "user key", e))
 }
 
 impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
@@ -471,30 +510,16 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         namespace: &N,
         elements: Vec<T>,
     ) -> Result<()> {
-        if elements.is_empty() {
-            return Ok(());
-        }
-        let i = self.locate::<ListCodecs<N, T>, N>(state.core(), namespace)?;
-        let mut operand = Vec::new();
-        let mut item = Vec::new();
-        {
-            let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
-            for e in &elements {
-                item.clear();
-                codec
-                    .encode(e, &mut item)
-                    .map_err(|e| codec_error(state.core().name(), "element", e))?;
-                put_bytes(&mut operand, &item);
-            }
-        }
-        // Refuse now what would make the merged list too large, instead of
-        // failing at the next read or snapshot.
-        let existing = self
-            .store
-            .with_value(i, &self.scratch, |v| Ok(v.map_or(0, <[u8]>::len)))?;
-        self.store.check_size(i, existing + operand.len())?;
-        // A buffered list takes the elements in place, else they are merged.
-        self.store.append_raw(i, &self.scratch, operand)
+        self.list_append_slice(state, namespace, &elements)
+    }
+
+    fn list_push<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        element: T,
+    ) -> Result<()> {
+        self.list_append_slice(state, namespace, std::slice::from_ref(&element))
     }
 
     fn list_replace<N: Namespace, T: StateValue>(
@@ -507,19 +532,17 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         if elements.is_empty() {
             return self.store.delete_raw(i, &self.scratch);
         }
-        let mut value = Vec::new();
-        let mut item = Vec::new();
-        {
-            let codec = &self.codecs::<ListCodecs<N, T>>(i).element;
-            for e in &elements {
-                item.clear();
-                codec
-                    .encode(e, &mut item)
-                    .map_err(|e| codec_error(state.core().name(), "element", e))?;
-                put_bytes(&mut value, &item);
-            }
-        }
-        self.store.put_raw(i, &self.scratch, &value)
+        let mut value = std::mem::take(&mut self.value_buf);
+        let mut item = std::mem::take(&mut self.item_buf);
+        let codec = &*self.codecs::<ListCodecs<N, T>>(i).element;
+        let r = encode_elements(&mut value, &mut item, codec, &elements, state).and_then(|()| {
+            self.store.put_raw(i, &self.scratch, &value)?;
+            self.store.record_list(&self.scratch, value.len());
+            Ok(())
+        });
+        self.value_buf = value;
+        self.item_buf = item;
+        r
     }
 
     fn list_take<N: Namespace, T: StateValue>(
@@ -542,22 +565,22 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         read: impl FnOnce(Option<&UV>) -> R,
     ) -> Result<R> {
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let mut key = std::mem::take(&mut self.item_buf);
         let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
-        let mut key = self.scratch.clone();
-        codecs
-            .user_key
-            .encode(user_key, &mut key)
-            .map_err(|e| codec_error(state.core().name(), "user key", e))?;
-        let value = self.store.with_value(i, &key, |raw| {
-            raw.map(|b| {
-                codecs
-                    .user_value
-                    .decode(b)
-                    .map_err(|e| codec_error(state.core().name(), "user value", e))
-            })
-            .transpose()
-        })?;
-        Ok(read(value.as_ref()))
+        let value = user_entry_key(&mut key, &self.scratch, &*codecs.user_key, user_key, state)
+            .and_then(|()| {
+                self.store.with_value(i, &key, |raw| {
+                    raw.map(|b| {
+                        codecs
+                            .user_value
+                            .decode(b)
+                            .map_err(|e| codec_error(state.core().name(), "user value", e))
+                    })
+                    .transpose()
+                })
+            });
+        self.item_buf = key;
+        Ok(read(value?.as_ref()))
     }
 
     fn map_put<N: Namespace, UK: StateKey, UV: StateValue>(
@@ -568,18 +591,21 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         user_value: UV,
     ) -> Result<()> {
         let i = self.locate::<MapCodecs<N, UK, UV>, N>(state.core(), namespace)?;
+        let mut key = std::mem::take(&mut self.item_buf);
+        let mut value = std::mem::take(&mut self.value_buf);
         let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
-        let mut key = self.scratch.clone();
-        codecs
-            .user_key
-            .encode(&user_key, &mut key)
-            .map_err(|e| codec_error(state.core().name(), "user key", e))?;
-        let mut value = Vec::new();
-        codecs
-            .user_value
-            .encode(&user_value, &mut value)
-            .map_err(|e| codec_error(state.core().name(), "user value", e))?;
-        self.store.put_raw(i, &key, &value)
+        let r = user_entry_key(&mut key, &self.scratch, &*codecs.user_key, &user_key, state)
+            .and_then(|()| {
+                value.clear();
+                codecs
+                    .user_value
+                    .encode(&user_value, &mut value)
+                    .map_err(|e| codec_error(state.core().name(), "user value", e))
+            })
+            .and_then(|()| self.store.put_raw(i, &key, &value));
+        self.item_buf = key;
+        self.value_buf = value;
+        r
     }
 
     fn map_remove<N: Namespace, UK: StateKey, UV: StateValue>(
@@ -591,12 +617,12 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         let old = self.map_get(state, namespace, user_key, |v| v.cloned())?;
         if old.is_some() {
             let i = state.core().index();
-            let mut key = self.scratch.clone();
-            self.codecs::<MapCodecs<N, UK, UV>>(i)
-                .user_key
-                .encode(user_key, &mut key)
-                .map_err(|e| codec_error(state.core().name(), "user key", e))?;
-            self.store.delete_raw(i, &key)?;
+            let mut key = std::mem::take(&mut self.item_buf);
+            let codecs = self.codecs::<MapCodecs<N, UK, UV>>(i);
+            let r = user_entry_key(&mut key, &self.scratch, &*codecs.user_key, user_key, state)
+                .and_then(|()| self.store.delete_raw(i, &key));
+            self.item_buf = key;
+            r?;
         }
         Ok(old)
     }
@@ -781,6 +807,41 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> RocksKeyedStateBackend<K> {
+    /// How many list appends had to read the list's size to check it
+    /// against [`RocksOptions::max_value_bytes`] (only appends near the limit
+    /// should). For tests, with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    pub fn list_size_reads(&self) -> u64 {
+        self.store.list_size_reads()
+    }
+
+    /// Appends encoded elements to the list of (current key, `namespace`).
+    fn list_append_slice<N: Namespace, T: StateValue>(
+        &mut self,
+        state: &ListHandle<N, T>,
+        namespace: &N,
+        elements: &[T],
+    ) -> Result<()> {
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let i = self.locate::<ListCodecs<N, T>, N>(state.core(), namespace)?;
+        let mut operand = std::mem::take(&mut self.value_buf);
+        let mut item = std::mem::take(&mut self.item_buf);
+        let codec = &*self.codecs::<ListCodecs<N, T>>(i).element;
+        let r = encode_elements(&mut operand, &mut item, codec, elements, state).and_then(|()| {
+            // Refuse now what would make the merged list too large, instead
+            // of failing at the next read or snapshot; no read while the
+            // list's size bound allows the append.
+            self.store.check_append(i, &self.scratch, operand.len())?;
+            // A buffered list takes the elements in place, else they are merged.
+            self.store.append_raw(i, &self.scratch, &operand)
+        });
+        self.value_buf = operand;
+        self.item_buf = item;
+        r
+    }
+
     fn handle_index(&self, core: &HandleCore) -> Result<usize> {
         self.store.check_open()?;
         if core.backend() != self.id || core.index() >= self.states.len() {

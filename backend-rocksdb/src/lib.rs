@@ -50,6 +50,7 @@ mod db;
 pub mod fault;
 pub mod keyed;
 pub mod keys;
+mod list_bound;
 pub mod memory;
 pub mod native;
 pub mod options;

@@ -300,6 +300,8 @@ pub(crate) struct NativeSnapshot {
     pub(crate) meta: KeyedSnapshotMeta,
     pub(crate) uploads: Arc<Mutex<Uploads>>,
     pub(crate) checkpoint_id: u64,
+    /// The largest list size bound at the barrier ([`crate::list_bound`]).
+    pub(crate) list_bound: u64,
 }
 
 impl Drop for NativeSnapshot {
@@ -318,6 +320,7 @@ impl NativeSnapshot {
     ) -> Result<IncrementalNativeStateHandle> {
         self.capture.take(Some(cancel))?;
         let dir = &self.capture.dir.0;
+        crate::list_bound::write_file(dir, self.list_bound)?;
         let mut names = list_files(dir)?;
         names.sort();
         let confirmed: HashMap<String, NativeFile> = self

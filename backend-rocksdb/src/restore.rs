@@ -16,6 +16,7 @@ use state_api::{Error, KeyGroupRange, Result};
 
 use crate::db::{column_family_options, open_instance, rocks_err, Db, FolderGuard};
 use crate::keys::{self, put_entry_key};
+use crate::list_bound;
 use crate::native;
 use crate::options::RocksOptions;
 use crate::snapshot::native_meta;
@@ -52,10 +53,18 @@ pub(crate) fn open_store<K: StateKey>(
         .filter(|&i| !natives[i].0.range.intersection(&own).is_empty())
         .max_by_key(|&i| natives[i].0.range.intersection(&own).len());
     let budget = options.memory.budget();
+    // The largest list size restored (see `crate::list_bound`); `unknown`
+    // when a checkpoint written before bounds were kept holds lists.
+    let mut list_bound = 0u64;
+    let mut unknown = false;
     let (inst, cache) = match base {
         Some(i) => {
             let b = natives[i].0;
             native::materialize(b, folder)?;
+            match list_bound::take_file(folder)? {
+                Some(bound) => list_bound = bound,
+                None => unknown |= holds_lists(b),
+            }
             let (inst, cache) = open_instance(folder, &options, budget.as_ref(), true)?;
             let keep = b.range.intersection(&own);
             if keep != b.source_range {
@@ -67,24 +76,61 @@ pub(crate) fn open_store<K: StateKey>(
         None => open_instance(folder, &options, budget.as_ref(), false)?,
     };
     let memory = budget.map(|b| b.join());
-    let store = RocksStore::new(inst, cache, options, memory);
+    let store = RocksStore::new(inst, cache, options, memory, 0);
     for (i, (n, file)) in natives.iter().enumerate() {
         if Some(i) != base {
-            merge_native(&store, n, file, i, own, plen)?;
+            match merge_native(&store, n, file, i, own, plen)? {
+                Some(bound) => list_bound = list_bound.max(bound),
+                None => unknown |= holds_lists(n),
+            }
         }
     }
     if !canonical.is_empty() {
-        restore_canonical(&store, &canonical, params, plen, &mut metas)?;
+        let largest = restore_canonical(&store, &canonical, params, plen, &mut metas)?;
+        list_bound = list_bound.max(largest);
     }
     // Every restored state has its column family, even with no data here.
     for m in &metas {
         store.create_cf(&m.name)?;
     }
+    if unknown {
+        list_bound = list_bound.max(largest_list(&store, &metas)?);
+    }
+    store.raise_list_bound(list_bound);
     Ok((store, metas))
 }
 
+/// Whether a native checkpoint holds list states.
+fn holds_lists(n: &IncrementalNativeStateHandle) -> bool {
+    n.states
+        .iter()
+        .any(|s| s.kind.shape() == StorageShape::List)
+}
+
+/// The size of the largest list of the restored list states, read value by
+/// value: for checkpoints that carry no bound.
+fn largest_list(store: &RocksStore, metas: &[StateMeta]) -> Result<u64> {
+    let mut largest = 0;
+    for m in metas
+        .iter()
+        .filter(|m| m.kind.shape() == StorageShape::List)
+    {
+        let cf = store.cf(&m.name)?;
+        let mut it = store.inst().db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        while let Some(v) = it.value() {
+            largest = largest.max(v.len() as u64);
+            it.next();
+        }
+        it.status()
+            .map_err(rocks_err(store.db_name(), "reading list sizes"))?;
+    }
+    Ok(largest)
+}
+
 /// Copies the key groups of `own` out of another backend's native checkpoint
-/// (scaling in), through a temporary read-only instance.
+/// (scaling in), through a temporary read-only instance. Returns the list
+/// size bound the checkpoint carries, if any.
 fn merge_native(
     store: &RocksStore,
     n: &IncrementalNativeStateHandle,
@@ -92,16 +138,17 @@ fn merge_native(
     i: usize,
     own: KeyGroupRange,
     prefix_len: usize,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     let range = n.range.intersection(&own);
     if range.is_empty() {
-        return Ok(());
+        return Ok(Some(0));
     }
     let inst = store.inst();
     let options = store.options();
     let tmp = PathBuf::from(format!("{}.restore-{i}", inst.folder().display()));
     let _guard = FolderGuard(tmp.clone());
     native::materialize(n, &tmp)?;
+    let bound = list_bound::take_file(&tmp)?;
     let cache = Cache::new_lru_cache(8 << 20);
     let opts = column_family_options(options, &cache);
     let names = Db::list_cf(&opts, &tmp).map_err(rocks_err(file, "listing column families"))?;
@@ -127,19 +174,22 @@ fn merge_native(
         prefix_len,
         &column_family_options(options, store.cache()),
         &scratch,
-    )
+    )?;
+    Ok(bound)
 }
 
 /// Reads restored handles into the store: every record of the key groups of
 /// `params.key_group_range`, applied in order (puts and deletes of chains).
+/// Returns the size of the largest list written.
 fn restore_canonical<K: StateKey>(
     store: &RocksStore,
     handles: &[KeyedStateHandle],
     params: &KeyedBackendParams<K>,
     prefix_len: usize,
     metas: &mut Vec<StateMeta>,
-) -> Result<()> {
+) -> Result<u64> {
     let own = params.key_group_range;
+    let mut largest_list = 0u64;
     let max_parallelism = params.max_parallelism;
     let mut batch = WriteBatch::default();
     let pieces = handles
@@ -173,6 +223,7 @@ fn restore_canonical<K: StateKey>(
                         for e in elements {
                             put_bytes(&mut value, e);
                         }
+                        largest_list = largest_list.max(value.len() as u64);
                         batch.put_cf(cf, &entry, value)
                     }
                     RecordBody::MapEntry { key, value } => {
@@ -199,5 +250,5 @@ fn restore_canonical<K: StateKey>(
         drop(cfs);
         store.restore_write(std::mem::take(&mut batch))?;
     }
-    Ok(())
+    Ok(largest_list)
 }

@@ -132,6 +132,7 @@ fn native_snapshot(
         meta,
         uploads: uploads.clone(),
         checkpoint_id,
+        list_bound: store.list_bound(),
     };
     Ok(SnapshotTask::new(running.register(), move |cancel| {
         job.run(&*streams, cancel)

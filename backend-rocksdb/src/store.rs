@@ -46,6 +46,7 @@ use crate::buffer::WriteBuffer;
 use crate::db::{column_family_options, rocks_err, Db, DbHandles, DbInstance};
 use crate::fault::FailPoint;
 use crate::keys::{self, decode};
+use crate::list_bound::ListBounds;
 use crate::memory::BudgetMember;
 use crate::native::{self, CaptureGate};
 use crate::options::RocksOptions;
@@ -76,6 +77,10 @@ pub(crate) struct RocksStore {
     held_bytes: AtomicUsize,
     /// Names of the column families of `handles`, by index.
     names: Vec<String>,
+    /// Upper bounds of list sizes, for appends without reads.
+    list_bounds: RefCell<ListBounds>,
+    /// Appends that had to read their list's size (near the limit).
+    list_size_reads: Cell<u64>,
 }
 
 /// Iterates the elements of a stored list value.
@@ -95,6 +100,7 @@ impl RocksStore {
         cache: Cache,
         options: RocksOptions,
         memory: Option<BudgetMember>,
+        list_bound: u64,
     ) -> Self {
         let mut buffer = WriteBuffer::default();
         if let Some(m) = &memory {
@@ -117,6 +123,8 @@ impl RocksStore {
             gate: Arc::default(),
             held_bytes: AtomicUsize::new(0),
             names: Vec::new(),
+            list_bounds: RefCell::new(ListBounds::new(list_bound)),
+            list_size_reads: Cell::new(0),
         }
     }
 
@@ -279,10 +287,15 @@ impl RocksStore {
         let mut batch = WriteBatch::default();
         let mut it = self.inst.db.raw_iterator_cf(&cf);
         it.seek_to_first();
+        let mut largest = 0;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            batch.put_cf(&cf, k, convert(v)?);
+            let converted = convert(v)?;
+            largest = largest.max(converted.len());
+            batch.put_cf(&cf, k, converted);
             it.next();
         }
+        // A migrated list may have grown.
+        self.list_bounds.borrow_mut().raise_all(largest as u64);
         it.status()
             .map_err(rocks_err(self.db_name(), "migrating"))?;
         drop(it);
@@ -312,6 +325,50 @@ impl RocksStore {
             });
         }
         Ok(())
+    }
+
+    /// Checks that appending `added` bytes to the list at `key` of state
+    /// `index` keeps it within the size limit: from the list's size bound
+    /// while that allows it, else by reading the list (see
+    /// [`crate::list_bound`]).
+    #[inline]
+    pub(crate) fn check_append(&self, index: usize, key: &[u8], added: usize) -> Result<()> {
+        let limit = self.options.max_value_bytes;
+        if self.list_bounds.borrow_mut().admit(key, added, limit) {
+            return Ok(());
+        }
+        self.check_append_by_reading(index, key, added)
+    }
+
+    #[cold]
+    fn check_append_by_reading(&self, index: usize, key: &[u8], added: usize) -> Result<()> {
+        self.list_size_reads.set(self.list_size_reads.get() + 1);
+        let existing = self.with_value(index, key, |v| Ok(v.map_or(0, <[u8]>::len)))?;
+        self.check_size(index, existing + added)?;
+        self.list_bounds.borrow_mut().record(key, existing + added);
+        Ok(())
+    }
+
+    /// Records that the list at `key` was written whole with `size` bytes.
+    #[inline]
+    pub(crate) fn record_list(&self, key: &[u8], size: usize) {
+        self.list_bounds.borrow_mut().record(key, size);
+    }
+
+    /// Raises every list size bound to at least `bound` (restored lists).
+    pub(crate) fn raise_list_bound(&self, bound: u64) {
+        self.list_bounds.borrow_mut().raise_all(bound);
+    }
+
+    /// The largest list size bound: no list in the instance is larger.
+    pub(crate) fn list_bound(&self) -> u64 {
+        self.list_bounds.borrow().max()
+    }
+
+    /// Appends that had to read their list's size.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn list_size_reads(&self) -> u64 {
+        self.list_size_reads.get()
     }
 
     /// Accounts for a write while an incremental checkpoint captures its
@@ -378,8 +435,8 @@ impl RocksStore {
     /// list is buffered (appending to the encoded list is what the merge
     /// operator does), else as a merge written straight into RocksDB.
     #[inline]
-    pub(crate) fn append_raw(&self, index: usize, key: &[u8], operand: Vec<u8>) -> Result<()> {
-        if self.buffer.borrow_mut().append(index, key, &operand) {
+    pub(crate) fn append_raw(&self, index: usize, key: &[u8], operand: &[u8]) -> Result<()> {
+        if self.buffer.borrow_mut().append(index, key, operand) {
             return Ok(());
         }
         self.before_write(key.len() + operand.len(), 1);

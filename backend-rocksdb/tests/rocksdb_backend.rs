@@ -2,6 +2,7 @@
 
 use backend_rocksdb::{RocksDbStateBackend, RocksOptions};
 use conformance_tests::harness::{keyed, snapshot, TempDirBackend, MAX_PARALLELISM};
+use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::state::access::KeyedStateBackendExt;
 use state_api::state::descriptor::{ListStateDescriptor, ValueStateDescriptor};
 use state_api::{Error, ErrorKind, KeyedStateBackend, Result};
@@ -54,10 +55,61 @@ fn oversized_values_and_lists_are_refused_when_written() -> Result<()> {
     // The backend keeps working and snapshots.
     v.on(&mut b).update(Some("small".into()))?;
     let h = snapshot(&backend, &mut b, 1)?.expect("state");
-    let mut r = keyed::<_, u64>(&backend, MAX_PARALLELISM, 1, 0, &[h])?;
-    let l = r.list_state(&ListStateDescriptor::<String>::new("l"))?;
-    r.set_current_key(1)?;
-    assert_eq!(l.on(&mut r).get()?.map(|l| l.len()), Some(9));
+    assert_eq!(
+        b.list_size_reads(),
+        1,
+        "only the append that reached the limit read its list"
+    );
+    let mut handles = vec![h.clone()];
+    // A checkpoint written before list bounds were kept: restore reads the
+    // list sizes instead.
+    if let KeyedStateHandle::IncrementalNative(mut native) = h {
+        let before = native.private.len();
+        native.private.retain(|f| f.name != "FLOWSTATE-LIST-BOUND");
+        assert_eq!(
+            native.private.len(),
+            before - 1,
+            "the checkpoint carries its bound"
+        );
+        handles.push(KeyedStateHandle::IncrementalNative(native));
+    }
+    for h in handles {
+        let mut r = keyed::<_, u64>(&backend, MAX_PARALLELISM, 1, 0, &[h])?;
+        let l = r.list_state(&ListStateDescriptor::<String>::new("l"))?;
+        r.set_current_key(1)?;
+        assert_eq!(l.on(&mut r).get()?.map(|l| l.len()), Some(9));
+        // The restored backend knows how large its lists may be.
+        let err = l
+            .on(&mut r)
+            .add("y".repeat(100))
+            .expect_err("the restored list would pass the limit");
+        assert_eq!(err.kind(), ErrorKind::StateSizeExceeded, "{err}");
+        r.set_current_key(2)?;
+        l.on(&mut r).add("z".into())?;
+    }
+    Ok(())
+}
+
+/// Appends far from the size limit never read the list back: its size is
+/// bounded from the bytes appended (one read per append made appends three
+/// times slower than raw RocksDB merges).
+#[test]
+fn appends_far_from_the_limit_read_nothing() -> Result<()> {
+    let backend = TempDirBackend::new(|dir| {
+        RocksDbStateBackend::new(&dir.join("work"), &dir.join("checkpoints"), "job")
+    });
+    let mut b = keyed::<_, u64>(&backend, MAX_PARALLELISM, 1, 0, &[])?;
+    let l = b.list_state(&ListStateDescriptor::<i64>::new("l"))?;
+    for round in 0..3 {
+        for k in 0..5_000u64 {
+            b.set_current_key(k)?;
+            l.on(&mut b).add(k as i64 * round)?;
+        }
+        snapshot(&backend, &mut b, round as u64 + 1)?;
+    }
+    b.set_current_key(4_321)?;
+    assert_eq!(l.on(&mut b).get()?, Some(vec![0, 4_321, 8_642]));
+    assert_eq!(b.list_size_reads(), 0);
     Ok(())
 }
 
