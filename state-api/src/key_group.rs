@@ -261,7 +261,7 @@ impl<K: 'static> KeyLocator<K> {
     }
 }
 
-/// Like [`locate_key`], for backends that store the key's bytes: encodes
+/// Like [`KeyLocator::locate`], for backends that store the key's bytes: encodes
 /// `key` into `buf` (cleared first), which then holds its canonical bytes.
 #[inline]
 pub fn encode_and_locate_key<K: 'static>(
@@ -276,13 +276,13 @@ pub fn encode_and_locate_key<K: 'static>(
         .encode(key, buf)
         .map_err(|e| crate::error::codec_error("<key>", "key", e))?;
     let group = mapper.key_group_for_hash(key_hash(buf));
-    let index = range
-        .index_of(group)
-        .ok_or_else(|| Error::KeyGroupOutOfRange {
+    match range.index_of(group) {
+        Some(index) => Ok((group, index)),
+        None => Err(Error::KeyGroupOutOfRange {
             key_group: group,
             range: *range,
-        })?;
-    Ok((group, index))
+        }),
+    }
 }
 
 /// Routes keys the way keyed backends place them: key → key group →
