@@ -125,6 +125,49 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         }
     }
 
+    /// Replaces the value of `key` with what `f` makes of it, in one
+    /// lookup: `f` gets the current value (`None` when absent) and returns
+    /// the new one (`None` removes the entry, or inserts nothing).
+    /// `make_key` builds the owned key only when an entry is inserted.
+    #[inline]
+    pub fn modify<Q: Hash + Equivalent<K> + ?Sized>(
+        &mut self,
+        key: &Q,
+        make_key: impl FnOnce() -> K,
+        f: impl FnOnce(Option<V>) -> Option<V>,
+    ) {
+        if self.shards.is_empty() {
+            self.shards.push(Arc::new(HashTable::new()));
+        }
+        let (hash, shard) = self.locate(key);
+        let hasher = &self.hasher;
+        let table = Arc::make_mut(&mut self.shards[shard]);
+        match table.entry(
+            hash,
+            |(k, _)| key.equivalent(k),
+            |(k, _)| hasher.hash_one(k),
+        ) {
+            Entry::Occupied(o) => {
+                let ((k, v), vacant) = o.remove();
+                match f(Some(v)) {
+                    Some(new) => {
+                        vacant.insert((k, new));
+                    }
+                    None => self.len -= 1,
+                }
+            }
+            Entry::Vacant(v) => {
+                if let Some(new) = f(None) {
+                    v.insert((make_key(), new));
+                    self.len += 1;
+                    if self.len > self.shards.len() * MAX_AVERAGE_SHARD_LEN {
+                        self.split();
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes `key`; returns its value. An absent key copies nothing.
     #[inline]
     pub fn remove<Q: Hash + Equivalent<K> + ?Sized>(&mut self, key: &Q) -> Option<V> {
@@ -214,6 +257,7 @@ mod tests {
         Insert(u16, u32),
         Remove(u16),
         Update(u16, u32),
+        Modify(u16, Option<u32>),
         Snapshot,
         DropSnapshot,
     }
@@ -223,6 +267,7 @@ mod tests {
             6 => (any::<u16>(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k % 2000, v)),
             2 => any::<u16>().prop_map(|k| Op::Remove(k % 2000)),
             2 => (any::<u16>(), any::<u32>()).prop_map(|(k, v)| Op::Update(k % 2000, v)),
+            2 => (any::<u16>(), any::<Option<u32>>()).prop_map(|(k, v)| Op::Modify(k % 2000, v)),
             1 => Just(Op::Snapshot),
             1 => Just(Op::DropSnapshot),
         ]
@@ -245,6 +290,19 @@ mod tests {
                         let got = map.get_mut(&k).map(|slot| std::mem::replace(slot, v));
                         let want = model.get_mut(&k).map(|slot| std::mem::replace(slot, v));
                         prop_assert_eq!(got, want);
+                    }
+                    Op::Modify(k, v) => {
+                        // Adds the old value to the new one; None removes.
+                        let mut seen = None;
+                        map.modify(&k, || k, |old| {
+                            seen = Some(old);
+                            v.map(|v| v.wrapping_add(old.unwrap_or(0)))
+                        });
+                        let old = model.remove(&k);
+                        prop_assert_eq!(seen, Some(old));
+                        if let Some(v) = v {
+                            model.insert(k, v.wrapping_add(old.unwrap_or(0)));
+                        }
                     }
                     Op::Snapshot => snapshots.push((map.clone(), model.clone())),
                     Op::DropSnapshot => { snapshots.pop(); }

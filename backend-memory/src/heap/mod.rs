@@ -297,6 +297,23 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         Ok(())
     }
 
+    #[inline]
+    fn cell_modify<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        modify: impl FnOnce(Option<V>) -> Option<V>,
+    ) -> Result<()> {
+        let (table, key, index) = self.access::<CellTable<K, N, V>>(state.core())?;
+        table.touch(index, key, namespace);
+        table.groups[index].modify(
+            &EntryRef(key, namespace),
+            || EntryKey(key.clone(), namespace.clone()),
+            modify,
+        );
+        Ok(())
+    }
+
     fn list_get<N: Namespace, T: StateValue, R>(
         &mut self,
         state: &ListHandle<N, T>,

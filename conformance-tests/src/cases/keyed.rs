@@ -122,6 +122,63 @@ pub fn value_update_none_clears<S: StateBackend>(backend: &S) -> Result<()> {
     Ok(())
 }
 
+/// `set` and `modify`: modify sees the current value (never the default),
+/// writes what it returns, removes the entry on `None`, and a snapshot taken
+/// after it holds exactly the modified values.
+pub fn value_set_and_modify<S: StateBackend>(backend: &S) -> Result<()> {
+    let mut b = single::<S, u64>(backend)?;
+    let d = ValueStateDescriptor::<i64>::new("v").with_default(100);
+    let state = b.value_state(&d)?;
+    b.set_current_key(1)?;
+    state.on(&mut b).set(5)?;
+    assert_eq!(state.on(&mut b).get()?, Some(5), "set");
+    for k in 1..=3u64 {
+        b.set_current_key(k)?;
+        state.on(&mut b).modify(|v| {
+            assert_ne!(v, Some(100), "modify never sees the default");
+            Some(v.unwrap_or(0) + 10)
+        })?;
+    }
+    b.set_current_key(1)?;
+    assert_eq!(state.on(&mut b).get()?, Some(15), "modify of a set value");
+    b.set_current_key(2)?;
+    assert_eq!(
+        state.on(&mut b).get()?,
+        Some(10),
+        "modify of an absent value"
+    );
+    state.on(&mut b).modify(|v| {
+        assert_eq!(v, Some(10));
+        None
+    })?;
+    assert_eq!(state.on(&mut b).get()?, Some(100), "None removed it");
+    b.set_current_key(4)?;
+    state.on(&mut b).modify(|v| {
+        assert_eq!(v, None);
+        None
+    })?;
+    assert_eq!(
+        sorted(b.keys(state.handle(), &VoidNamespace)?),
+        vec![1, 3],
+        "a removed and a never-written key have no entry"
+    );
+    assert_eq!(b.num_entries()?, 2);
+    let h = snapshot(backend, &mut b, 1)?;
+    let mut r = keyed::<S, u64>(
+        backend,
+        MAX_PARALLELISM,
+        1,
+        0,
+        &h.into_iter().collect::<Vec<_>>(),
+    )?;
+    let restored = r.value_state(&d)?;
+    for (k, want) in [(1, Some(15)), (2, Some(100)), (3, Some(10)), (4, Some(100))] {
+        r.set_current_key(k)?;
+        assert_eq!(restored.on(&mut r).get()?, want, "restored key {k}");
+    }
+    Ok(())
+}
+
 /// The default value is returned when no value is set, and is never stored.
 pub fn value_default_when_absent<S: StateBackend>(backend: &S) -> Result<()> {
     let mut b = single::<S, u64>(backend)?;

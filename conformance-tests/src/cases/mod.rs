@@ -21,6 +21,7 @@ macro_rules! for_each_case {
             keyed::value_basic,
             keyed::value_several_states,
             keyed::value_update_none_clears,
+            keyed::value_set_and_modify,
             keyed::value_default_when_absent,
             keyed::value_default_is_fresh_copy,
             keyed::value_concurrent_read_during_snapshot,

@@ -140,6 +140,26 @@ pub trait KeyedStateBackend: Send + Sized {
         update: impl FnOnce(Option<&mut V>) -> Option<V>,
     ) -> Result<()>;
 
+    /// Replaces the cell of (current key, `namespace`) with what `modify`
+    /// makes of it: `modify` gets the current value (`None` when absent)
+    /// and returns the new one (`None` removes the cell, or writes nothing).
+    /// The default reads, then writes or removes; backends override it to do
+    /// it in one lookup. On an error the cell keeps its value.
+    fn cell_modify<N: Namespace, V: StateValue>(
+        &mut self,
+        state: &CellHandle<N, V>,
+        namespace: &N,
+        modify: impl FnOnce(Option<V>) -> Option<V>,
+    ) -> Result<()> {
+        let current = self.cell_get(state, namespace, |v| v.cloned())?;
+        let existed = current.is_some();
+        match modify(current) {
+            Some(v) => self.cell_put(state, namespace, v),
+            None if existed => self.cell_take(state, namespace).map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// Reads the list of (current key, `namespace`); empty when absent.
     fn list_get<N: Namespace, T: StateValue, R>(
         &mut self,

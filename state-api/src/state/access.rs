@@ -164,6 +164,35 @@ impl<B: KeyedStateBackend, V: StateValue, N: Namespace> Bound<'_, B, ValueState<
         self.backend.cell_get(&self.state.cell, self.namespace, f)
     }
 
+    /// Sets the value.
+    pub fn set(&mut self, value: V) -> Result<()> {
+        self.backend
+            .cell_put(&self.state.cell, self.namespace, value)
+    }
+
+    /// Replaces the value with what `f` makes of it, reading and writing in
+    /// one lookup where the backend can (the heap backends): `f` gets the
+    /// current value (`None` when absent; the default is not applied) and
+    /// returns the new one (`None` clears it).
+    ///
+    /// ```
+    /// # use state_api::state::access::*;
+    /// # use state_api::state::descriptor::*;
+    /// # fn demo<B: state_api::KeyedStateBackend<Key = String>>(backend: &mut B) -> state_api::Result<()> {
+    /// let seen = backend.value_state(&ValueStateDescriptor::<u32>::new("seen"))?;
+    /// backend.set_current_key("user-1".to_string())?;
+    /// seen.on(backend).modify(|n| Some(n.unwrap_or(0) + 1))?;
+    /// seen.on(backend).modify(|n| Some(n.unwrap_or(0) + 1))?;
+    /// assert_eq!(seen.on(backend).get()?, Some(2));
+    /// seen.on(backend).modify(|_| None)?;
+    /// assert_eq!(seen.on(backend).get()?, None);
+    /// # Ok(()) }
+    /// ```
+    pub fn modify(&mut self, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<()> {
+        self.backend
+            .cell_modify(&self.state.cell, self.namespace, f)
+    }
+
     /// Sets the value; `None` removes it.
     pub fn update(&mut self, value: Option<V>) -> Result<()> {
         match value {
