@@ -3,6 +3,7 @@
 //! split its share, and it is on by default. (`examples/memory_budget.rs`
 //! measures the resident size of 32 instances with and without it.)
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backend_rocksdb::memory::MIN_BUDGET_BYTES;
@@ -37,6 +38,16 @@ fn fill(k: &mut Backend, keys: std::ops::Range<u64>) -> Result<()> {
 
 /// Waits (up to a few seconds) for background flushes to bring the
 /// memtables within the budget's limit.
+/// The tests of this file run one at a time: RocksDB's flush threads are
+/// shared by every instance of the process, so another test's flushes
+/// delay this one's and its memtables would not settle in time (seen: 25 MB
+/// of memtables after 10 s while the other tests ran, within the limit when
+/// run alone).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn settled_usage(budget: &MemoryBudget) -> backend_rocksdb::MemoryUsage {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -50,6 +61,7 @@ fn settled_usage(budget: &MemoryBudget) -> backend_rocksdb::MemoryUsage {
 
 #[test]
 fn instances_share_the_budget() -> Result<()> {
+    let _serial = serial();
     let budget = MemoryBudget::new(MIN_BUDGET_BYTES * 2)?;
     let b = with_budget(&budget);
     // Three instances, each of every key group (as three operators).
@@ -126,6 +138,7 @@ fn instances_share_the_budget() -> Result<()> {
 
 #[test]
 fn instances_share_the_process_budget_by_default() -> Result<()> {
+    let _serial = serial();
     assert!(matches!(
         RocksOptions::default().memory,
         MemoryMode::ProcessDefault
@@ -151,6 +164,7 @@ fn instances_share_the_process_budget_by_default() -> Result<()> {
 /// budget.
 #[test]
 fn a_budget_flush_never_puts_writes_after_the_barrier_into_a_checkpoint() -> Result<()> {
+    let _serial = serial();
     // Memtables flush at 7 MiB; the memtable itself (64 MiB) never fills.
     let budget = MemoryBudget::new(MIN_BUDGET_BYTES)?;
     let b = with_budget(&budget);
