@@ -23,7 +23,7 @@ use state_api::codec::{Codec, CodecSchema, Compatibility, SharedCodec};
 use state_api::format::bytes::put_bytes;
 use state_api::format::frame::MAX_FRAME_PAYLOAD;
 use state_api::format::keyed::KeyedSnapshotMeta;
-use state_api::key_group::{encode_and_locate_key, KeyGroupMapper};
+use state_api::key_group::KeyLocator;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
@@ -69,7 +69,7 @@ struct Registered {
 pub struct RocksKeyedStateBackend<K: StateKey> {
     id: u64,
     max_parallelism: u32,
-    key_groups: KeyGroupMapper,
+    locator: KeyLocator<K>,
     range: KeyGroupRange,
     prefix_len: usize,
     key_codec: SharedCodec<K>,
@@ -112,13 +112,17 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 ),
             });
         }
-        let key_groups = KeyGroupMapper::new(params.max_parallelism)?;
+        let locator = KeyLocator::new(
+            params.key_codec.clone(),
+            params.max_parallelism,
+            params.key_group_range,
+        )?;
         let result = restore::open_store(folder, &params, restore, options);
         match result {
             Ok((store, pending)) => Ok(RocksKeyedStateBackend {
                 id: next_backend_instance_id(),
                 max_parallelism: params.max_parallelism,
-                key_groups,
+                locator,
                 range: params.key_group_range,
                 prefix_len: keys::prefix_len(params.max_parallelism),
                 key_codec: params.key_codec.clone(),
@@ -305,13 +309,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
 
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.store.check_open()?;
-        let (group, _) = encode_and_locate_key(
-            &*self.key_codec,
-            &key,
-            &mut self.scratch,
-            &self.key_groups,
-            &self.range,
-        )?;
+        let (group, _) = self.locator.encode_and_locate(&key, &mut self.scratch)?;
         self.key_prefix.clear();
         put_prefix(&mut self.key_prefix, group, self.prefix_len);
         put_bytes(&mut self.key_prefix, &self.scratch);

@@ -36,9 +36,10 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
     let mut h = seed;
     let mut chunks = data.chunks_exact(4);
     for chunk in &mut chunks {
-        let k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        h ^= mix_k(k);
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        h = round(
+            h,
+            u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+        );
     }
     let tail = chunks.remainder();
     if !tail.is_empty() {
@@ -58,10 +59,7 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
 pub(crate) fn murmur3_32_word(word: u32, len: u32) -> u32 {
     debug_assert!((1..=4).contains(&len));
     let h = if len == 4 {
-        mix_k(word)
-            .rotate_left(13)
-            .wrapping_mul(5)
-            .wrapping_add(0xe654_6b64)
+        round(0, word)
     } else {
         mix_k(word)
     };
@@ -77,9 +75,7 @@ pub(crate) fn murmur3_32_words(bytes: u128, len: u32) -> u32 {
     let mut h = 0u32;
     let blocks = len / 4;
     for i in 0..blocks {
-        let k = (bytes >> (32 * i)) as u32;
-        h ^= mix_k(k);
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        h = round(h, (bytes >> (32 * i)) as u32);
     }
     let tail = len % 4;
     if tail != 0 {
@@ -87,6 +83,15 @@ pub(crate) fn murmur3_32_words(bytes: u128, len: u32) -> u32 {
         h ^= mix_k(k);
     }
     fmix32(h ^ len)
+}
+
+/// One block round of MurmurHash3 x86 32-bit: mixes block `k` into `h`.
+#[inline(always)]
+fn round(h: u32, k: u32) -> u32 {
+    (h ^ mix_k(k))
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -108,9 +113,7 @@ fn fmix32(mut h: u32) -> u32 {
 /// non-negative value (as an `i32` would be).
 #[inline]
 pub fn murmur_fmix(code: u32) -> u32 {
-    let mut h = mix_k(code);
-    h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    h ^= 4;
+    let h = round(0, code) ^ 4;
     let h = fmix32(h) as i32;
     if h >= 0 {
         h as u32
@@ -250,6 +253,23 @@ impl<K: 'static> KeyLocator<K> {
     #[inline]
     pub fn locate(&mut self, key: &K) -> Result<(u32, usize)> {
         let hash = self.key_hash(key)?;
+        self.place(hash)
+    }
+
+    /// Like [`KeyLocator::locate`], for backends that store the key's
+    /// bytes: encodes `key` into `buf` (cleared first), which then holds its
+    /// canonical bytes, and hashes those.
+    #[inline]
+    pub fn encode_and_locate(&self, key: &K, buf: &mut Vec<u8>) -> Result<(u32, usize)> {
+        buf.clear();
+        self.codec
+            .encode(key, buf)
+            .map_err(|e| crate::error::codec_error("<key>", "key", e))?;
+        self.place(key_hash(buf))
+    }
+
+    #[inline]
+    fn place(&self, hash: u32) -> Result<(u32, usize)> {
         let group = self.mapper.key_group_for_hash(hash);
         match self.range.index_of(group) {
             Some(index) => Ok((group, index)),
@@ -258,30 +278,6 @@ impl<K: 'static> KeyLocator<K> {
                 range: self.range,
             }),
         }
-    }
-}
-
-/// Like [`KeyLocator::locate`], for backends that store the key's bytes: encodes
-/// `key` into `buf` (cleared first), which then holds its canonical bytes.
-#[inline]
-pub fn encode_and_locate_key<K: 'static>(
-    codec: &dyn crate::codec::Codec<K>,
-    key: &K,
-    buf: &mut Vec<u8>,
-    mapper: &KeyGroupMapper,
-    range: &KeyGroupRange,
-) -> Result<(u32, usize)> {
-    buf.clear();
-    codec
-        .encode(key, buf)
-        .map_err(|e| crate::error::codec_error("<key>", "key", e))?;
-    let group = mapper.key_group_for_hash(key_hash(buf));
-    match range.index_of(group) {
-        Some(index) => Ok((group, index)),
-        None => Err(Error::KeyGroupOutOfRange {
-            key_group: group,
-            range: *range,
-        }),
     }
 }
 
@@ -306,7 +302,6 @@ pub struct KeyRouter<K> {
 impl<K: 'static> KeyRouter<K> {
     /// A router for keys encoded with `codec`, at `max_parallelism`.
     pub fn new(codec: crate::codec::SharedCodec<K>, max_parallelism: u32) -> Result<Self> {
-        check_max_parallelism(max_parallelism)?;
         Ok(KeyRouter {
             locator: KeyLocator::new(codec, max_parallelism, KeyGroupRange::all(max_parallelism))?,
         })
