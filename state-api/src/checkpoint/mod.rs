@@ -6,6 +6,7 @@
 pub mod coordinator;
 pub mod layout;
 pub mod metadata;
+pub mod restore;
 pub mod storage;
 pub mod stream;
 
@@ -15,6 +16,7 @@ pub use coordinator::{
 };
 pub use layout::JobLayout;
 pub use metadata::{load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState};
+pub use restore::{resolve_metadata_path, RestorePlan, SubtaskRestore, SubtaskSpec};
 pub use storage::{FaultyStorage, LocalStorage, Storage};
 
 use std::path::{Path, PathBuf};
