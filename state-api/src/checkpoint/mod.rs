@@ -4,6 +4,7 @@
 //! savepoints). Used by every backend that writes files.
 
 pub mod coordinator;
+pub mod inspect;
 pub mod layout;
 pub mod metadata;
 pub mod restore;
@@ -13,6 +14,10 @@ pub mod stream;
 pub use coordinator::{
     dispose_savepoint, verify_files, CancellationPolicy, CheckpointConfig, CheckpointCoordinator,
     CompletedCheckpoint, JobStatus, PendingCheckpoint, RestoreMode, SkippedCheckpoint,
+};
+pub use inspect::{
+    inspect_snapshot, list_snapshots, verify_snapshot, Problem, SnapshotListing, SnapshotSummary,
+    VerifyReport,
 };
 pub use layout::JobLayout;
 pub use metadata::{load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState};
