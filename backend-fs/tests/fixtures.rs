@@ -264,7 +264,7 @@ fn restore_operator_and_raw(metadata_path: &Path) -> Result<()> {
         assert_eq!(all_offsets, want, "split list state at parallelism {p}");
 
         let mut keyed_chunks = BTreeMap::new();
-        for (i, assigned) in assign_keyed_state(&raw_keyed, p, RAW_MAX_P)?
+        for (i, assigned) in assign_keyed_state(&raw_keyed, RAW_MAX_P, p)?
             .iter()
             .enumerate()
         {

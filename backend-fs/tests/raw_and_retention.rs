@@ -89,7 +89,7 @@ fn raw_state_round_trips_through_a_checkpoint_and_rescales() -> Result<()> {
         .flat_map(|s| s.raw_operator.clone())
         .collect();
     for p in [1u32, 3, 5] {
-        let keyed = assign_keyed_state(&raw_keyed, p, MAX_P)?;
+        let keyed = assign_keyed_state(&raw_keyed, MAX_P, p)?;
         let ops = assign_operator_state(&raw_ops, p)?;
         let mut seen_keyed = BTreeMap::new();
         let mut seen_chunks = BTreeSet::new();

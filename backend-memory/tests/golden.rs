@@ -179,7 +179,7 @@ fn check_keyed_file(name: &str) -> Result<()> {
     let handle = KeyedStateHandle::from(describe_keyed_file(file_handle(name), 1)?);
     let backend = MemoryStateBackend::new();
     for p in [1u32, 2, 3] {
-        let assigned = assign_keyed_state(std::slice::from_ref(&handle), p, MAX_P)?;
+        let assigned = assign_keyed_state(std::slice::from_ref(&handle), MAX_P, p)?;
         let mut subtasks = Vec::new();
         for (i, restore) in assigned.iter().enumerate() {
             let mut b = keyed::<_, String>(&backend, MAX_P, p, i as u32, restore)?;

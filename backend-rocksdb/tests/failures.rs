@@ -359,7 +359,7 @@ fn a_failed_restore_leaves_nothing_behind() -> Result<()> {
             write(&mut k, &s, mine.into_iter(), 1, &mut m)?;
             handles.push(snapshot(&b, &mut k, 1)?.expect("state"));
         }
-        let assigned = assign_keyed_state(&handles, to, MAX_P)?;
+        let assigned = assign_keyed_state(&handles, MAX_P, to)?;
         let work = b.dir().join("work");
         let before = std::fs::read_dir(&work)
             .map_err(|e| Error::io("listing", e))?

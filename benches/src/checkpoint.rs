@@ -243,7 +243,7 @@ fn rescale<S: StateBackend>(
     handles: &[KeyedStateHandle],
     parallelism: u32,
 ) -> Result<(Duration, Vec<Subtask<S>>)> {
-    let parts = assign_keyed_state(handles, parallelism, MAX_PARALLELISM)?;
+    let parts = assign_keyed_state(handles, MAX_PARALLELISM, parallelism)?;
     let t = Instant::now();
     let mut subtasks = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
@@ -266,7 +266,7 @@ fn verify<B: KeyedStateBackend<Key = i64>>(
             .encode(&k, &mut bytes)
             .map_err(|e| BenchError::Store(e.to_string()))?;
         let group = key_group_for_bytes(&bytes, MAX_PARALLELISM)?;
-        let i = operator_index_for_key_group(group, parallelism, MAX_PARALLELISM)? as usize;
+        let i = operator_index_for_key_group(MAX_PARALLELISM, parallelism, group)? as usize;
         let (b, v) = &mut subtasks[i];
         b.set_current_key(k)?;
         let got = v.on(b).get()?;

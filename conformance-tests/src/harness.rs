@@ -105,7 +105,7 @@ pub fn rescale_keyed<S: StateBackend, K>(
 where
     K: StateKey + serde::Serialize + serde::de::DeserializeOwned,
 {
-    let assigned = assign_keyed_state(handles, new_parallelism, max_parallelism)?;
+    let assigned = assign_keyed_state(handles, max_parallelism, new_parallelism)?;
     assigned
         .iter()
         .enumerate()
@@ -135,7 +135,7 @@ where
         .encode(key, &mut bytes)
         .map_err(state_api::Error::user)?;
     let kg = state_api::key_group::key_group_for_bytes(&bytes, max_parallelism)?;
-    state_api::key_group::operator_index_for_key_group(kg, parallelism, max_parallelism)
+    state_api::key_group::operator_index_for_key_group(max_parallelism, parallelism, kg)
 }
 
 /// Takes the synchronous part of a keyed snapshot and returns its

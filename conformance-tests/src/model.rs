@@ -304,8 +304,8 @@ pub fn check<S: StateBackend>(backend: &S, ops: &[Op]) -> Result<()> {
                 let p = job.parallelism();
                 let assigned = state_api::snapshot::rescale::assign_keyed_state(
                     &handles,
-                    p,
                     MODEL_MAX_PARALLELISM,
+                    p,
                 )?;
                 job = open(&assigned)?;
                 assert_eq!(job.contents()?, model, "contents after reopening");

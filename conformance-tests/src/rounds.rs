@@ -103,7 +103,7 @@ pub fn open<S: StateBackend>(
                 .flat_map(|s| s.operator.clone())
                 .collect();
             (
-                assign_keyed_state(&keyed, parallelism, MAX_P)?,
+                assign_keyed_state(&keyed, MAX_P, parallelism)?,
                 assign_operator_state(&ops, parallelism)?,
             )
         }

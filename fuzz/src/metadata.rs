@@ -91,7 +91,7 @@ fn use_like_a_restore(metadata: &CheckpointMetadata) {
             .collect();
         keyed.iter().for_each(use_keyed_handle);
         for p in 1..=3 {
-            if let Ok(assigned) = assign_keyed_state(&keyed, p, op.max_parallelism) {
+            if let Ok(assigned) = assign_keyed_state(&keyed, op.max_parallelism, p) {
                 assigned.iter().flatten().for_each(use_keyed_handle);
             }
         }

@@ -143,7 +143,10 @@ pub fn check_max_parallelism(max_parallelism: u32) -> Result<()> {
 }
 
 /// Checks that `1 <= parallelism <= max_parallelism` and that max parallelism is valid.
-pub fn check_parallelism(parallelism: u32, max_parallelism: u32) -> Result<()> {
+///
+/// Like every function here taking both, max parallelism comes first (as in
+/// Flink's `KeyGroupRangeAssignment`).
+pub fn check_parallelism(max_parallelism: u32, parallelism: u32) -> Result<()> {
     check_max_parallelism(max_parallelism)?;
     if parallelism == 0 || parallelism > max_parallelism {
         return Err(Error::InvalidParallelism {
@@ -321,17 +324,17 @@ impl<K: 'static> KeyRouter<K> {
     /// The subtask that owns `key` at `parallelism`.
     pub fn subtask(&mut self, key: &K, parallelism: u32) -> Result<u32> {
         let group = self.key_group(key)?;
-        operator_index_for_key_group(group, parallelism, self.max_parallelism())
+        operator_index_for_key_group(self.max_parallelism(), parallelism, group)
     }
 }
 
 /// The index of the operator (subtask) that owns `key_group` at `parallelism`.
 pub fn operator_index_for_key_group(
-    key_group: u32,
-    parallelism: u32,
     max_parallelism: u32,
+    parallelism: u32,
+    key_group: u32,
 ) -> Result<u32> {
-    check_parallelism(parallelism, max_parallelism)?;
+    check_parallelism(max_parallelism, parallelism)?;
     if key_group >= max_parallelism {
         return Err(Error::KeyGroupOutOfRange {
             key_group,
@@ -396,7 +399,7 @@ impl KeyGroupRange {
     /// The range of operator `index` of `parallelism`:
     /// `start = ceil(i * maxP / p)`, `end = ((i + 1) * maxP - 1) / p`, in 64-bit.
     pub fn for_operator(max_parallelism: u32, parallelism: u32, index: u32) -> Result<Self> {
-        check_parallelism(parallelism, max_parallelism)?;
+        check_parallelism(max_parallelism, parallelism)?;
         if index >= parallelism {
             return Err(Error::InvalidOperatorIndex { index, parallelism });
         }
@@ -612,7 +615,7 @@ mod tests {
                     let r = KeyGroupRange::for_operator(max_p, p, i).expect("valid");
                     assert_eq!(r.start(), next, "max_p {max_p} p {p} i {i}");
                     for kg in r.iter() {
-                        assert_eq!(operator_index_for_key_group(kg, p, max_p).ok(), Some(i));
+                        assert_eq!(operator_index_for_key_group(max_p, p, kg).ok(), Some(i));
                     }
                     next = r.end_exclusive();
                 }

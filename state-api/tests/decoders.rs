@@ -300,7 +300,7 @@ fn handle_sizes_of_damaged_metadata_do_not_overflow() -> Result<()> {
     assert_eq!(keyed[1].state_size(), u64::MAX, "saturates");
     assert_eq!(keyed[1].total_size(), u64::MAX, "saturates");
     for p in 1..=3 {
-        let assigned = assign_keyed_state(keyed, p, 16)?;
+        let assigned = assign_keyed_state(keyed, 16, p)?;
         assert_eq!(assigned.len(), p as usize);
         // Sizing the parts, as the heap backend does to choose its next
         // base, must not panic either.

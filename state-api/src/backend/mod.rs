@@ -45,7 +45,7 @@ impl<K> KeyedBackendParams<K> {
         index: u32,
         key_codec: SharedCodec<K>,
     ) -> Result<Self> {
-        check_parallelism(parallelism, max_parallelism)?;
+        check_parallelism(max_parallelism, parallelism)?;
         Ok(KeyedBackendParams {
             max_parallelism,
             key_group_range: KeyGroupRange::for_operator(max_parallelism, parallelism, index)?,

@@ -235,7 +235,7 @@ fn collect_sources<'m>(metadata: &'m CheckpointMetadata, meta_file: &Path) -> So
             offset: None,
             what: format!("operator '{}': {what}", op.operator_id),
         };
-        if let Err(e) = check_parallelism(op.parallelism, max) {
+        if let Err(e) = check_parallelism(max, op.parallelism) {
             problems.push(problem(e.to_string()));
         }
         if op.subtasks.len() as u64 != u64::from(op.parallelism) {

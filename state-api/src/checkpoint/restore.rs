@@ -76,7 +76,7 @@ impl SubtaskSpec {
         parallelism: u32,
         index: u32,
     ) -> Result<Self> {
-        check_parallelism(parallelism, max_parallelism)?;
+        check_parallelism(max_parallelism, parallelism)?;
         if index >= parallelism {
             return Err(Error::InvalidOperatorIndex { index, parallelism });
         }
@@ -272,8 +272,8 @@ impl RestorePlan {
         };
         let p = operator.parallelism;
         let max = operator.max_parallelism;
-        let keyed = assign_keyed_state(&gather(|s| &s.keyed), p, max)?;
-        let raw_keyed = assign_keyed_state(&gather(|s| &s.raw_keyed), p, max)?;
+        let keyed = assign_keyed_state(&gather(|s| &s.keyed), max, p)?;
+        let raw_keyed = assign_keyed_state(&gather(|s| &s.raw_keyed), max, p)?;
         let ops = assign_operator_state(&gather_op(|s| &s.operator), p)?;
         let raw_ops = assign_operator_state(&gather_op(|s| &s.raw_operator), p)?;
         Ok(specs

@@ -18,10 +18,10 @@ use crate::key_group::{check_parallelism, KeyGroupRange};
 /// element `i` of the result is what subtask `i` restores from.
 pub fn assign_keyed_state(
     old: &[KeyedStateHandle],
-    new_parallelism: u32,
     max_parallelism: u32,
+    new_parallelism: u32,
 ) -> Result<Vec<Vec<KeyedStateHandle>>> {
-    check_parallelism(new_parallelism, max_parallelism)?;
+    check_parallelism(max_parallelism, new_parallelism)?;
     for h in old {
         if h.max_parallelism() != max_parallelism {
             return Err(Error::MaxParallelismMismatch {
@@ -223,8 +223,8 @@ mod tests {
             range: KeyGroupRange::new(0, 127),
             offsets: vec![0; 129],
         });
-        assert!(assign_keyed_state(std::slice::from_ref(&h), 2, 256).is_err());
-        let a = assign_keyed_state(&[h], 3, 128).expect("assign");
+        assert!(assign_keyed_state(std::slice::from_ref(&h), 256, 2).is_err());
+        let a = assign_keyed_state(&[h], 128, 3).expect("assign");
         let total: usize = a.iter().flatten().map(|h| h.range().len()).sum();
         assert_eq!(total, 128);
     }
