@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod layout;
 pub mod metadata;
 pub mod restore;
+pub mod rewrite;
 pub mod storage;
 pub mod stream;
 

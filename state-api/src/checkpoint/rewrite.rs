@@ -1,0 +1,684 @@
+//! Rewriting a checkpoint or savepoint as a new, self-contained canonical
+//! savepoint, optionally at another max parallelism, without user types.
+//!
+//! A key's group is a function of its stored bytes, so changing the max
+//! parallelism only needs the records: every record is re-filed under
+//! `key_group_for_bytes(key, new_max)`. Native RocksDB handles are read
+//! through a [`NativeRecords`] reader the caller supplies (the backend that
+//! wrote them knows their layout); incremental heap chains are merged one
+//! key group at a time, as a restore would.
+//!
+//! Memory stays bounded: a first pass reads the old snapshot one key group
+//! at a time and spills each record to one of at most [`SPILL_BUCKETS`]
+//! scratch files by its new key group (a bucket is a contiguous run of new
+//! key groups); a second pass loads one bucket at a time, orders its records
+//! by key group and writes them. With a max parallelism up to 256 a bucket is
+//! exactly one key group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::metadata::{publish_metadata, CheckpointMetadata, OperatorState, SubtaskState};
+use super::restore::RestorePlan;
+use super::storage::Storage;
+use super::stream::{FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD};
+use crate::codec::CodecSchema;
+use crate::error::{Error, Result};
+use crate::format::bytes::{put_bytes, put_varint, ByteReader};
+use crate::format::frame::Compression;
+use crate::format::keyed::{
+    KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, Record, RecordBody,
+};
+use crate::key_group::{check_max_parallelism, key_group_for_bytes, KeyGroupRange};
+use crate::snapshot::handle::{
+    IncrementalNativeStateHandle, KeyGroupsStateHandle, KeyedStateHandle, OperatorStateHandle,
+};
+use crate::snapshot::stream::{CheckpointStreamFactory, StreamScope, StreamStateHandle};
+use crate::snapshot::SnapshotKind;
+use crate::state::{StateMeta, StorageShape};
+
+/// The most scratch files a rewrite spills to.
+pub const SPILL_BUCKETS: u32 = 256;
+
+/// Reads the records of a native handle as canonical records, for the key
+/// groups of its `range`: `f(key_group, record)`. Implemented by the backend
+/// that writes native handles (`backend-rocksdb`).
+pub trait NativeRecords {
+    /// Calls `f` for every record of `handle`'s key groups.
+    fn for_each_record(
+        &self,
+        handle: &IncrementalNativeStateHandle,
+        f: &mut dyn FnMut(u32, Record<'_>) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// How to rewrite.
+#[derive(Clone, Debug)]
+pub struct RewriteOptions {
+    /// The new max parallelism of every keyed operator; `None` keeps each
+    /// operator's.
+    pub max_parallelism: Option<u32>,
+    /// Compression of the new keyed files.
+    pub compression: Compression,
+    /// An empty folder for the scratch files (removed afterwards).
+    pub scratch_dir: PathBuf,
+}
+
+/// What a rewrite wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewriteReport {
+    /// The new savepoint's folder.
+    pub path: PathBuf,
+    /// Keyed records written.
+    pub records: u64,
+    /// Bytes of the largest bucket loaded at once.
+    pub largest_bucket: u64,
+}
+
+/// Rewrites the checkpoint or savepoint at `source` as a canonical savepoint
+/// in the new folder `target` (which must not exist or be empty). `native`
+/// reads native handles; without it a snapshot holding one is refused.
+/// `progress` is called with keyed records read so far.
+pub fn rewrite_snapshot(
+    storage: Arc<dyn Storage>,
+    source: &Path,
+    target: &Path,
+    options: &RewriteOptions,
+    native: Option<&dyn NativeRecords>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RewriteReport> {
+    if let Some(max) = options.max_parallelism {
+        check_max_parallelism(max)?;
+    }
+    let plan = RestorePlan::load(&*storage, source)?;
+    if storage.exists(target)
+        && !storage
+            .list_dir(target)
+            .map_err(|e| Error::io(format!("listing {}", target.display()), e))?
+            .is_empty()
+    {
+        return Err(Error::InvalidArgument {
+            what: format!(
+                "{} exists and is not empty; a rewrite writes a new savepoint folder",
+                target.display()
+            ),
+        });
+    }
+    storage
+        .create_dir_all(target)
+        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+    let id = plan.checkpoint_id();
+    let streams = FsCheckpointStreamFactory::new(
+        storage.clone(),
+        target.to_path_buf(),
+        target.to_path_buf(),
+        DEFAULT_INLINE_THRESHOLD,
+        format!("rewrite of snapshot {id}"),
+    )?;
+    let mut report = RewriteReport {
+        path: target.to_path_buf(),
+        ..Default::default()
+    };
+    let mut read = 0u64;
+    let mut copied: HashMap<String, StreamStateHandle> = HashMap::new();
+    let mut operators = Vec::new();
+    for old in &plan.metadata().operators {
+        let max = options.max_parallelism.unwrap_or(old.max_parallelism);
+        let parallelism = old.parallelism.clamp(1, max);
+        let keyed: Vec<&KeyedStateHandle> = old.subtasks.iter().flat_map(|s| &s.keyed).collect();
+        if old.subtasks.iter().any(|s| !s.raw_keyed.is_empty()) {
+            return Err(Error::UnsupportedHandle {
+                handle: format!("raw keyed state of operator {}", old.operator_id),
+                reason: "raw keyed state is opaque bytes per key group and cannot be re-filed by key; rewrite does not carry it".into(),
+            });
+        }
+        let mut subtasks = vec![SubtaskState::default(); parallelism as usize];
+        // Operator state: the same bytes in the new folder, dealt as the old
+        // subtasks held them (a restore redistributes them anyway).
+        for (i, s) in old.subtasks.iter().enumerate() {
+            let slot = &mut subtasks[i % parallelism as usize];
+            for h in &s.operator {
+                slot.operator
+                    .push(copy_operator(&*storage, &streams, h, &mut copied)?);
+            }
+            for h in &s.raw_operator {
+                slot.raw_operator
+                    .push(copy_operator(&*storage, &streams, h, &mut copied)?);
+            }
+        }
+        if !keyed.is_empty() {
+            let written = rewrite_keyed(
+                &keyed,
+                max,
+                parallelism,
+                id,
+                &streams,
+                options,
+                native,
+                &mut |n| {
+                    read += n;
+                    progress(read);
+                },
+            )?;
+            report.records += written.records;
+            report.largest_bucket = report.largest_bucket.max(written.largest_bucket);
+            for (i, handle) in written.handles.into_iter().enumerate() {
+                if let Some(h) = handle {
+                    subtasks[i].keyed.push(KeyedStateHandle::KeyGroups(h));
+                }
+            }
+        }
+        operators.push(OperatorState {
+            operator_id: old.operator_id.clone(),
+            parallelism,
+            max_parallelism: max,
+            subtasks,
+        });
+    }
+    let metadata = CheckpointMetadata {
+        checkpoint_id: id,
+        kind: SnapshotKind::Savepoint,
+        timestamp_millis: plan.metadata().timestamp_millis,
+        operators,
+    };
+    storage
+        .sync_dir(target)
+        .map_err(|e| Error::io(format!("syncing {}", target.display()), e))?;
+    publish_metadata(&*storage, target, target, &metadata)?;
+    Ok(report)
+}
+
+fn copy_operator(
+    storage: &dyn Storage,
+    streams: &FsCheckpointStreamFactory,
+    handle: &OperatorStateHandle,
+    copied: &mut HashMap<String, StreamStateHandle>,
+) -> Result<OperatorStateHandle> {
+    let key = format!("{:?}", handle.data);
+    let data = match copied.get(&key) {
+        Some(d) => d.clone(),
+        None => {
+            let bytes = match &handle.data {
+                StreamStateHandle::File { path, .. } => storage
+                    .read(path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+                other => other.read_for(&handle.needed_by())?.bytes().to_vec(),
+            };
+            let mut out = streams.create_stream(StreamScope::Exclusive)?;
+            out.write_all(&bytes)?;
+            let d = out.close_and_get_handle()?;
+            copied.insert(key, d.clone());
+            d
+        }
+    };
+    Ok(OperatorStateHandle {
+        checkpoint_id: handle.checkpoint_id,
+        data,
+        states: handle.states.clone(),
+    })
+}
+
+struct Written {
+    handles: Vec<Option<KeyGroupsStateHandle>>,
+    records: u64,
+    largest_bucket: u64,
+}
+
+/// The states of every handle, united by name, and each handle's
+/// translation of its state indexes.
+struct States {
+    key_codec: Option<CodecSchema>,
+    metas: Vec<StateMeta>,
+}
+
+impl States {
+    fn index_of(&mut self, meta: &StateMeta) -> Result<u32> {
+        if let Some(i) = self.metas.iter().position(|m| m.name == meta.name) {
+            let known = &self.metas[i];
+            if known.kind != meta.kind || known.values != meta.values {
+                return Err(Error::StateKindMismatch {
+                    name: meta.name.clone(),
+                    registered: format!("{:?} {:?}", known.kind, known.values),
+                    requested: format!("{:?} {:?}", meta.kind, meta.values),
+                });
+            }
+            return Ok(i as u32);
+        }
+        self.metas.push(meta.clone());
+        Ok((self.metas.len() - 1) as u32)
+    }
+
+    fn key_codec(&mut self, schema: &CodecSchema) -> Result<()> {
+        match &self.key_codec {
+            Some(k) if k != schema => Err(Error::InvalidArgument {
+                what: format!(
+                    "handles of one operator disagree on the key codec ({k:?} and {schema:?})"
+                ),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.key_codec = Some(schema.clone());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Scratch files, one per bucket of new key groups.
+struct Spill {
+    dir: PathBuf,
+    max: u32,
+    buckets: u32,
+    writers: Vec<Option<BufWriter<File>>>,
+    sizes: Vec<u64>,
+    buf: Vec<u8>,
+}
+
+impl Spill {
+    fn new(dir: &Path, max: u32) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let buckets = max.min(SPILL_BUCKETS);
+        Ok(Spill {
+            dir: dir.to_path_buf(),
+            max,
+            buckets,
+            writers: (0..buckets).map(|_| None).collect(),
+            sizes: vec![0; buckets as usize],
+            buf: Vec::new(),
+        })
+    }
+
+    fn bucket_of(&self, key_group: u32) -> u32 {
+        (u64::from(key_group) * u64::from(self.buckets) / u64::from(self.max)) as u32
+    }
+
+    fn path(&self, bucket: u32) -> PathBuf {
+        self.dir.join(format!("bucket-{bucket}"))
+    }
+
+    /// Files `record` (of new state `state`) under its new key group.
+    fn add(&mut self, state: u32, r: &Record<'_>) -> Result<()> {
+        let kg = key_group_for_bytes(r.key, self.max)?;
+        let bucket = self.bucket_of(kg);
+        self.buf.clear();
+        put_varint(&mut self.buf, u64::from(kg));
+        put_varint(&mut self.buf, u64::from(state));
+        put_bytes(&mut self.buf, r.key);
+        put_bytes(&mut self.buf, r.namespace);
+        match &r.body {
+            RecordBody::Cell(v) => {
+                self.buf.push(0);
+                put_bytes(&mut self.buf, v);
+            }
+            RecordBody::List(elements) => {
+                self.buf.push(1);
+                put_varint(&mut self.buf, elements.len() as u64);
+                for e in elements {
+                    put_bytes(&mut self.buf, e);
+                }
+            }
+            RecordBody::MapEntry { key, value } => {
+                self.buf.push(2);
+                put_bytes(&mut self.buf, key);
+                put_bytes(&mut self.buf, value);
+            }
+            RecordBody::Delete => {
+                return Err(Error::InvalidArgument {
+                    what: "a delete record reached the rewrite's spill (chains are merged first)"
+                        .into(),
+                })
+            }
+        }
+        let path = self.path(bucket);
+        let slot = &mut self.writers[bucket as usize];
+        if slot.is_none() {
+            let f = File::create(&path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+            *slot = Some(BufWriter::with_capacity(16 << 10, f));
+        }
+        if let Some(w) = slot {
+            w.write_all(&self.buf)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
+        self.sizes[bucket as usize] += self.buf.len() as u64;
+        Ok(())
+    }
+
+    fn finish_writes(&mut self) -> Result<()> {
+        for (b, w) in self.writers.iter_mut().enumerate() {
+            if let Some(mut w) = w.take() {
+                w.flush().map_err(|e| {
+                    Error::io(
+                        format!("writing {}", self.dir.join(format!("bucket-{b}")).display()),
+                        e,
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records of `bucket`, by key group.
+    fn load(&self, bucket: u32) -> Result<Vec<u8>> {
+        if self.sizes[bucket as usize] == 0 {
+            return Ok(Vec::new());
+        }
+        let path = self.path(bucket);
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        Ok(bytes)
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rewrite_keyed(
+    handles: &[&KeyedStateHandle],
+    max: u32,
+    parallelism: u32,
+    checkpoint_id: u64,
+    streams: &FsCheckpointStreamFactory,
+    options: &RewriteOptions,
+    native: Option<&dyn NativeRecords>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
+    let mut states = States {
+        key_codec: None,
+        metas: Vec::new(),
+    };
+    let mut spill = Spill::new(
+        &options.scratch_dir.join(format!(
+            "spill-{}",
+            crate::checkpoint::layout::unique_file_name()
+        )),
+        max,
+    )?;
+    let mut records = 0u64;
+    for handle in handles {
+        match handle {
+            KeyedStateHandle::IncrementalNative(n) => {
+                let Some(reader) = native else {
+                    return Err(Error::UnsupportedHandle {
+                        handle: handle.describe(),
+                        reason: format!(
+                            "a native {} handle needs that backend's reader",
+                            n.backend
+                        ),
+                    });
+                };
+                states.key_codec(&n.key_codec)?;
+                let map: Vec<u32> = n
+                    .states
+                    .iter()
+                    .map(|m| states.index_of(m))
+                    .collect::<Result<_>>()?;
+                reader.for_each_record(n, &mut |_, r| {
+                    let state = *map.get(r.state as usize).ok_or_else(|| Error::Corrupted {
+                        file: handle.describe(),
+                        offset: 0,
+                        reason: format!("record of unknown state index {}", r.state),
+                    })?;
+                    spill.add(state, &r)?;
+                    records += 1;
+                    if records.is_multiple_of(65_536) {
+                        progress(65_536);
+                    }
+                    Ok(())
+                })?;
+            }
+            _ => {
+                let pieces = handle.canonical_pieces()?;
+                let readers: Vec<KeyedSnapshotReader> = pieces
+                    .iter()
+                    .map(|p| KeyedSnapshotReader::open_for(p, &handle.needed_by(p)))
+                    .collect::<Result<_>>()?;
+                let mut maps = Vec::new();
+                for r in &readers {
+                    states.key_codec(&r.meta().key_codec)?;
+                    maps.push(
+                        r.meta()
+                            .states
+                            .iter()
+                            .map(|m| states.index_of(m))
+                            .collect::<Result<Vec<u32>>>()?,
+                    );
+                }
+                let shapes: Vec<StorageShape> =
+                    states.metas.iter().map(|m| m.kind.shape()).collect();
+                for key_group in handle.range().iter() {
+                    let mut merged = Merged::default();
+                    for (reader, map) in readers.iter().zip(&maps) {
+                        reader.for_each_record(key_group, |r| {
+                            let state =
+                                *map.get(r.state as usize).ok_or_else(|| Error::Corrupted {
+                                    file: reader.file_name().to_string(),
+                                    offset: 0,
+                                    reason: format!("record of unknown state index {}", r.state),
+                                })?;
+                            merged.apply(state, shapes[state as usize], &r);
+                            Ok(())
+                        })?;
+                    }
+                    let n = merged.spill(&mut spill)?;
+                    records += n;
+                    progress(n);
+                }
+            }
+        }
+    }
+    spill.finish_writes()?;
+    let key_codec = states.key_codec.clone().unwrap_or_else(|| CodecSchema {
+        name: String::new(),
+        version: 0,
+    });
+    // Second pass: one bucket at a time, each new subtask's key groups in order.
+    let mut out = Vec::new();
+    let mut largest = 0u64;
+    let mut loaded: Option<(u32, BucketIndex, Vec<u8>)> = None;
+    for i in 0..parallelism {
+        let range = KeyGroupRange::for_operator(max, parallelism, i)?;
+        let meta = KeyedSnapshotMeta {
+            max_parallelism: max,
+            range,
+            key_codec: key_codec.clone(),
+            states: states.metas.clone(),
+            delta: false,
+        };
+        let mut writer = KeyedSnapshotWriter::new(
+            streams.create_stream(StreamScope::Exclusive)?,
+            meta,
+            options.compression,
+            checkpoint_id,
+        )?;
+        for kg in range.iter() {
+            let bucket = spill.bucket_of(kg);
+            if loaded.as_ref().map(|l| l.0) != Some(bucket) {
+                let bytes = spill.load(bucket)?;
+                largest = largest.max(bytes.len() as u64);
+                let index = index_bucket(&bytes, &spill.path(bucket))?;
+                loaded = Some((bucket, index, bytes));
+            }
+            writer.start_key_group(kg)?;
+            if let Some((_, index, bytes)) = &loaded {
+                let name = spill.path(bucket).display().to_string();
+                for &(at, len) in index.get(&kg).map(Vec::as_slice).unwrap_or(&[]) {
+                    let (state, record) = decode_spilled(&bytes[at..at + len], &name, at)?;
+                    writer.write_record(state, &record)?;
+                }
+            }
+        }
+        out.push(Some(writer.finish()?));
+    }
+    Ok(Written {
+        handles: out,
+        records,
+        largest_bucket: largest,
+    })
+}
+
+/// Where each record of a loaded bucket is (offset, length), by key group.
+type BucketIndex = BTreeMap<u32, Vec<(usize, usize)>>;
+
+/// Indexes a loaded bucket.
+fn index_bucket(bytes: &[u8], path: &Path) -> Result<BucketIndex> {
+    let name = path.display().to_string();
+    let mut index: BTreeMap<u32, Vec<(usize, usize)>> = BTreeMap::new();
+    let mut r = ByteReader::new(bytes, &name, 0);
+    while !r.is_empty() {
+        let start = r.offset() as usize;
+        let kg = r.varint()? as u32;
+        let _state = r.varint()?;
+        r.bytes()?;
+        r.bytes()?;
+        match r.u8()? {
+            0 => {
+                r.bytes()?;
+            }
+            1 => {
+                let n = r.count(1)?;
+                for _ in 0..n {
+                    r.bytes()?;
+                }
+            }
+            2 => {
+                r.bytes()?;
+                r.bytes()?;
+            }
+            other => return Err(r.corrupted(format!("unknown spilled body {other}"))),
+        }
+        index
+            .entry(kg)
+            .or_default()
+            .push((start, r.offset() as usize - start));
+    }
+    Ok(index)
+}
+
+fn decode_spilled<'a>(bytes: &'a [u8], name: &'a str, at: usize) -> Result<(u32, Record<'a>)> {
+    let mut r = ByteReader::new(bytes, name, at as u64);
+    let _kg = r.varint()?;
+    let state = r.varint()? as u32;
+    let key = r.bytes()?;
+    let namespace = r.bytes()?;
+    let body = match r.u8()? {
+        0 => RecordBody::Cell(r.bytes()?),
+        1 => {
+            let n = r.count(1)?;
+            let mut elements = Vec::with_capacity(n);
+            for _ in 0..n {
+                elements.push(r.bytes()?);
+            }
+            RecordBody::List(elements)
+        }
+        _ => RecordBody::MapEntry {
+            key: r.bytes()?,
+            value: r.bytes()?,
+        },
+    };
+    Ok((
+        state,
+        Record {
+            state,
+            key,
+            namespace,
+            body,
+        },
+    ))
+}
+
+/// A (state, key, namespace) entry.
+type Entry = (u32, Vec<u8>, Vec<u8>);
+
+/// One key group of an incremental chain, merged as a restore merges it.
+#[derive(Default)]
+struct Merged {
+    /// (state, key, namespace) → cell value or list elements.
+    single: BTreeMap<Entry, Single>,
+    /// (state, key, namespace) → user key → user value.
+    maps: BTreeMap<Entry, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+enum Single {
+    Cell(Vec<u8>),
+    List(Vec<Vec<u8>>),
+}
+
+impl Merged {
+    fn apply(&mut self, state: u32, shape: StorageShape, r: &Record<'_>) {
+        let key = (state, r.key.to_vec(), r.namespace.to_vec());
+        match &r.body {
+            RecordBody::Delete => {
+                self.single.remove(&key);
+                self.maps.remove(&key);
+            }
+            RecordBody::Cell(v) => {
+                self.single.insert(key, Single::Cell(v.to_vec()));
+            }
+            RecordBody::List(elements) => {
+                self.single.insert(
+                    key,
+                    Single::List(elements.iter().map(|e| e.to_vec()).collect()),
+                );
+            }
+            RecordBody::MapEntry { key: k, value } => {
+                debug_assert_eq!(shape, StorageShape::Map);
+                self.maps
+                    .entry(key)
+                    .or_default()
+                    .insert(k.to_vec(), value.to_vec());
+            }
+        }
+    }
+
+    fn spill(self, spill: &mut Spill) -> Result<u64> {
+        let mut n = 0;
+        for ((state, key, namespace), value) in self.single {
+            let elements: Vec<&[u8]>;
+            let body = match &value {
+                Single::Cell(v) => RecordBody::Cell(v),
+                Single::List(list) => {
+                    elements = list.iter().map(Vec::as_slice).collect();
+                    RecordBody::List(elements)
+                }
+            };
+            spill.add(
+                state,
+                &Record {
+                    state,
+                    key: &key,
+                    namespace: &namespace,
+                    body,
+                },
+            )?;
+            n += 1;
+        }
+        for ((state, key, namespace), entries) in self.maps {
+            for (k, v) in &entries {
+                spill.add(
+                    state,
+                    &Record {
+                        state,
+                        key: &key,
+                        namespace: &namespace,
+                        body: RecordBody::MapEntry { key: k, value: v },
+                    },
+                )?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
