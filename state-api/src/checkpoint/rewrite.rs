@@ -38,7 +38,7 @@ use crate::snapshot::handle::{
 };
 use crate::snapshot::stream::{CheckpointStreamFactory, StreamScope, StreamStateHandle};
 use crate::snapshot::SnapshotKind;
-use crate::state::{StateMeta, StorageShape};
+use crate::state::StateMeta;
 
 /// The most scratch files a rewrite spills to.
 pub const SPILL_BUCKETS: u32 = 256;
@@ -384,6 +384,104 @@ impl Drop for Spill {
     }
 }
 
+/// Calls `f(state, key codec, key group, record)` for every record of
+/// `handle` in `key_groups` (all of its key groups when `None`), in key-group
+/// order: canonical files as they are, incremental heap chains merged as a
+/// restore merges them (the records of the merged result, no deletes),
+/// native handles through `native` (refused without it).
+pub fn for_each_keyed_record(
+    handle: &KeyedStateHandle,
+    native: Option<&dyn NativeRecords>,
+    key_groups: Option<KeyGroupRange>,
+    f: &mut dyn FnMut(&StateMeta, &CodecSchema, u32, Record<'_>) -> Result<()>,
+) -> Result<()> {
+    let range = match key_groups {
+        Some(r) => handle.range().intersection(&r),
+        None => handle.range(),
+    };
+    if range.is_empty() {
+        return Ok(());
+    }
+    if let KeyedStateHandle::IncrementalNative(n) = handle {
+        let Some(reader) = native else {
+            return Err(Error::UnsupportedHandle {
+                handle: handle.describe(),
+                reason: format!("a native {} handle needs that backend's reader", n.backend),
+            });
+        };
+        return reader.for_each_record(n, &mut |kg, r| {
+            if !range.contains(kg) {
+                return Ok(());
+            }
+            let meta = n
+                .states
+                .get(r.state as usize)
+                .ok_or_else(|| Error::Corrupted {
+                    file: handle.describe(),
+                    offset: 0,
+                    reason: format!("record of unknown state index {}", r.state),
+                })?;
+            f(meta, &n.key_codec, kg, r)
+        });
+    }
+    let pieces = handle.canonical_pieces()?;
+    let readers: Vec<KeyedSnapshotReader> = pieces
+        .iter()
+        .map(|p| KeyedSnapshotReader::open_for(p, &handle.needed_by(p)))
+        .collect::<Result<_>>()?;
+    if let [reader] = readers.as_slice() {
+        if !reader.meta().delta {
+            let meta = reader.meta();
+            for key_group in range.iter() {
+                reader.for_each_record(key_group, |r| {
+                    let state = state_meta(meta, reader.file_name(), r.state)?;
+                    f(state, &meta.key_codec, key_group, r)
+                })?;
+            }
+            return Ok(());
+        }
+    }
+    // A chain: the states of its newest file describe the merged result.
+    let Some(last) = readers.last() else {
+        return Ok(());
+    };
+    let metas = &last.meta().states;
+    let key_codec = &last.meta().key_codec;
+    for key_group in range.iter() {
+        let mut merged = Merged::default();
+        for reader in &readers {
+            reader.for_each_record(key_group, |r| {
+                let meta = state_meta(reader.meta(), reader.file_name(), r.state)?;
+                let index = metas
+                    .iter()
+                    .position(|m| m.name == meta.name)
+                    .unwrap_or(usize::MAX);
+                merged.apply(index as u32, &r);
+                Ok(())
+            })?;
+        }
+        merged.emit(&mut |state, r| {
+            let meta = metas.get(state as usize).ok_or_else(|| Error::Corrupted {
+                file: last.file_name().to_string(),
+                offset: 0,
+                reason: format!("a chain names state {state}, which its newest file does not hold"),
+            })?;
+            f(meta, key_codec, key_group, r)
+        })?;
+    }
+    Ok(())
+}
+
+fn state_meta<'m>(meta: &'m KeyedSnapshotMeta, file: &str, state: u32) -> Result<&'m StateMeta> {
+    meta.states
+        .get(state as usize)
+        .ok_or_else(|| Error::Corrupted {
+            file: file.to_string(),
+            offset: 0,
+            reason: format!("record of unknown state index {state}"),
+        })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn rewrite_keyed(
     handles: &[&KeyedStateHandle],
@@ -408,76 +506,16 @@ fn rewrite_keyed(
     )?;
     let mut records = 0u64;
     for handle in handles {
-        match handle {
-            KeyedStateHandle::IncrementalNative(n) => {
-                let Some(reader) = native else {
-                    return Err(Error::UnsupportedHandle {
-                        handle: handle.describe(),
-                        reason: format!(
-                            "a native {} handle needs that backend's reader",
-                            n.backend
-                        ),
-                    });
-                };
-                states.key_codec(&n.key_codec)?;
-                let map: Vec<u32> = n
-                    .states
-                    .iter()
-                    .map(|m| states.index_of(m))
-                    .collect::<Result<_>>()?;
-                reader.for_each_record(n, &mut |_, r| {
-                    let state = *map.get(r.state as usize).ok_or_else(|| Error::Corrupted {
-                        file: handle.describe(),
-                        offset: 0,
-                        reason: format!("record of unknown state index {}", r.state),
-                    })?;
-                    spill.add(state, &r)?;
-                    records += 1;
-                    if records.is_multiple_of(65_536) {
-                        progress(65_536);
-                    }
-                    Ok(())
-                })?;
+        for_each_keyed_record(handle, native, None, &mut |meta, key_codec, _, r| {
+            states.key_codec(key_codec)?;
+            let state = states.index_of(meta)?;
+            spill.add(state, &r)?;
+            records += 1;
+            if records.is_multiple_of(4096) {
+                progress(4096);
             }
-            _ => {
-                let pieces = handle.canonical_pieces()?;
-                let readers: Vec<KeyedSnapshotReader> = pieces
-                    .iter()
-                    .map(|p| KeyedSnapshotReader::open_for(p, &handle.needed_by(p)))
-                    .collect::<Result<_>>()?;
-                let mut maps = Vec::new();
-                for r in &readers {
-                    states.key_codec(&r.meta().key_codec)?;
-                    maps.push(
-                        r.meta()
-                            .states
-                            .iter()
-                            .map(|m| states.index_of(m))
-                            .collect::<Result<Vec<u32>>>()?,
-                    );
-                }
-                let shapes: Vec<StorageShape> =
-                    states.metas.iter().map(|m| m.kind.shape()).collect();
-                for key_group in handle.range().iter() {
-                    let mut merged = Merged::default();
-                    for (reader, map) in readers.iter().zip(&maps) {
-                        reader.for_each_record(key_group, |r| {
-                            let state =
-                                *map.get(r.state as usize).ok_or_else(|| Error::Corrupted {
-                                    file: reader.file_name().to_string(),
-                                    offset: 0,
-                                    reason: format!("record of unknown state index {}", r.state),
-                                })?;
-                            merged.apply(state, shapes[state as usize], &r);
-                            Ok(())
-                        })?;
-                    }
-                    let n = merged.spill(&mut spill)?;
-                    records += n;
-                    progress(n);
-                }
-            }
-        }
+            Ok(())
+        })?;
     }
     spill.finish_writes()?;
     let key_codec = states.key_codec.clone().unwrap_or_else(|| CodecSchema {
@@ -617,7 +655,7 @@ enum Single {
 }
 
 impl Merged {
-    fn apply(&mut self, state: u32, shape: StorageShape, r: &Record<'_>) {
+    fn apply(&mut self, state: u32, r: &Record<'_>) {
         let key = (state, r.key.to_vec(), r.namespace.to_vec());
         match &r.body {
             RecordBody::Delete => {
@@ -634,7 +672,6 @@ impl Merged {
                 );
             }
             RecordBody::MapEntry { key: k, value } => {
-                debug_assert_eq!(shape, StorageShape::Map);
                 self.maps
                     .entry(key)
                     .or_default()
@@ -643,8 +680,7 @@ impl Merged {
         }
     }
 
-    fn spill(self, spill: &mut Spill) -> Result<u64> {
-        let mut n = 0;
+    fn emit(self, f: &mut dyn FnMut(u32, Record<'_>) -> Result<()>) -> Result<()> {
         for ((state, key, namespace), value) in self.single {
             let elements: Vec<&[u8]>;
             let body = match &value {
@@ -654,31 +690,29 @@ impl Merged {
                     RecordBody::List(elements)
                 }
             };
-            spill.add(
+            f(
                 state,
-                &Record {
+                Record {
                     state,
                     key: &key,
                     namespace: &namespace,
                     body,
                 },
             )?;
-            n += 1;
         }
         for ((state, key, namespace), entries) in self.maps {
             for (k, v) in &entries {
-                spill.add(
+                f(
                     state,
-                    &Record {
+                    Record {
                         state,
                         key: &key,
                         namespace: &namespace,
                         body: RecordBody::MapEntry { key: k, value: v },
                     },
                 )?;
-                n += 1;
             }
         }
-        Ok(n)
+        Ok(())
     }
 }
