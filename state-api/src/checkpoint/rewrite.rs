@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,10 +28,14 @@ use super::stream::{FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD};
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::format::bytes::{put_bytes, put_varint, ByteReader};
+use crate::format::coding::Decode;
 use crate::format::frame::Compression;
+use crate::format::frame::{decode_frame, FRAME_HEADER_LEN};
 use crate::format::keyed::{
-    KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, Record, RecordBody,
+    parse_records, KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, Record, RecordBody,
+    FLAG_DELTA, KEYED_MAGIC, KEYED_SUPPORTED_VERSIONS,
 };
+use crate::format::{FILE_HEADER_LEN, FILE_HEADER_LEN_V1};
 use crate::key_group::{check_max_parallelism, key_group_for_bytes, KeyGroupRange};
 use crate::snapshot::handle::{
     IncrementalNativeStateHandle, KeyGroupsStateHandle, KeyedStateHandle, OperatorStateHandle,
@@ -425,15 +429,15 @@ pub fn for_each_keyed_record(
         });
     }
     let pieces = handle.canonical_pieces()?;
-    let readers: Vec<KeyedSnapshotReader> = pieces
+    let readers: Vec<PieceReader> = pieces
         .iter()
-        .map(|p| KeyedSnapshotReader::open_for(p, &handle.needed_by(p)))
+        .map(|p| PieceReader::open(p, &handle.needed_by(p)))
         .collect::<Result<_>>()?;
     if let [reader] = readers.as_slice() {
         if !reader.meta().delta {
             let meta = reader.meta();
             for key_group in range.iter() {
-                reader.for_each_record(key_group, |r| {
+                reader.for_each_record(key_group, &mut |r| {
                     let state = state_meta(meta, reader.file_name(), r.state)?;
                     f(state, &meta.key_codec, key_group, r)
                 })?;
@@ -450,7 +454,7 @@ pub fn for_each_keyed_record(
     for key_group in range.iter() {
         let mut merged = Merged::default();
         for reader in &readers {
-            reader.for_each_record(key_group, |r| {
+            reader.for_each_record(key_group, &mut |r| {
                 let meta = state_meta(reader.meta(), reader.file_name(), r.state)?;
                 let index = metas
                     .iter()
@@ -470,6 +474,171 @@ pub fn for_each_keyed_record(
         })?;
     }
     Ok(())
+}
+
+/// Reads one canonical piece. A file is read one key group at a time (its
+/// header, meta frame and each key group's byte range), so a large file is
+/// never held whole; inline bytes are small and read at once.
+enum PieceReader {
+    Whole(KeyedSnapshotReader),
+    Ranged(RangedReader),
+}
+
+impl PieceReader {
+    fn open(piece: &KeyGroupsStateHandle, needed_by: &str) -> Result<Self> {
+        match &piece.data {
+            StreamStateHandle::File { path, size } => {
+                RangedReader::open(piece, path, *size, needed_by).map(PieceReader::Ranged)
+            }
+            _ => KeyedSnapshotReader::open_for(piece, needed_by).map(PieceReader::Whole),
+        }
+    }
+
+    fn meta(&self) -> &KeyedSnapshotMeta {
+        match self {
+            PieceReader::Whole(r) => r.meta(),
+            PieceReader::Ranged(r) => &r.meta,
+        }
+    }
+
+    fn file_name(&self) -> &str {
+        match self {
+            PieceReader::Whole(r) => r.file_name(),
+            PieceReader::Ranged(r) => &r.name,
+        }
+    }
+
+    fn for_each_record(
+        &self,
+        key_group: u32,
+        f: &mut dyn FnMut(Record<'_>) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            PieceReader::Whole(r) => r.for_each_record(key_group, f),
+            PieceReader::Ranged(r) => r.for_each_record(key_group, f),
+        }
+    }
+}
+
+fn read_exact_at(mut file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(at))?;
+    file.read_exact(buf)
+}
+
+struct RangedReader {
+    file: File,
+    name: String,
+    meta: KeyedSnapshotMeta,
+    range: KeyGroupRange,
+    offsets: Vec<u64>,
+}
+
+impl RangedReader {
+    fn open(piece: &KeyGroupsStateHandle, path: &Path, size: u64, needed_by: &str) -> Result<Self> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| Error::StateFileUnreadable {
+            file: name.clone(),
+            needed_by: needed_by.to_string(),
+            source: e,
+        })?;
+        let read_at = |at: u64, len: usize| -> Result<Vec<u8>> {
+            if at.saturating_add(len as u64) > size {
+                return Err(Error::Truncated {
+                    file: name.clone(),
+                    offset: at,
+                    needed: len as u64,
+                    available: size.saturating_sub(at),
+                });
+            }
+            let mut buf = vec![0; len];
+            read_exact_at(&file, &mut buf, at)
+                .map_err(|e| Error::io(format!("reading {name} at {at}"), e))?;
+            Ok(buf)
+        };
+        let corrupted = |offset: u64, reason: String| Error::Corrupted {
+            file: name.clone(),
+            offset,
+            reason,
+        };
+        let header = read_at(0, FILE_HEADER_LEN)?;
+        if header[..4] != KEYED_MAGIC {
+            return Err(corrupted(0, "not a keyed snapshot file (bad magic)".into()));
+        }
+        let version = u16::from_le_bytes([header[4], header[5]]);
+        let flags = u16::from_le_bytes([header[6], header[7]]);
+        let meta_at = if version == 1 {
+            FILE_HEADER_LEN_V1
+        } else {
+            let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+            if crc32fast::hash(&header[..8]) != crc {
+                return Err(corrupted(0, "header checksum mismatch".into()));
+            }
+            if !KEYED_SUPPORTED_VERSIONS.contains(&version) {
+                return Err(corrupted(
+                    4,
+                    format!("unsupported keyed format version {version}"),
+                ));
+            }
+            FILE_HEADER_LEN
+        } as u64;
+        let frame_header = read_at(meta_at, FRAME_HEADER_LEN)?;
+        let stored = u32::from_le_bytes([
+            frame_header[0],
+            frame_header[1],
+            frame_header[2],
+            frame_header[3],
+        ]);
+        let frame = read_at(meta_at, FRAME_HEADER_LEN + stored as usize)?;
+        let (payload, _) = decode_frame(&name, &frame, 0)?;
+        let mut meta =
+            KeyedSnapshotMeta::decode_exact(&payload, &name, meta_at, "the keyed snapshot meta")?;
+        meta.delta = flags & FLAG_DELTA != 0;
+        if piece.max_parallelism != meta.max_parallelism
+            || piece.offsets.len() != piece.range.len() + 1
+            || meta.range.intersection(&piece.range) != piece.range
+            || piece.offsets.windows(2).any(|w| w[0] > w[1])
+            || piece.offsets.last().is_some_and(|&end| end > size)
+        {
+            return Err(corrupted(
+                0,
+                format!(
+                    "the handle's key groups {} and offsets do not fit the file",
+                    piece.range
+                ),
+            ));
+        }
+        Ok(RangedReader {
+            file,
+            name: name.clone(),
+            meta,
+            range: piece.range,
+            offsets: piece.offsets.clone(),
+        })
+    }
+
+    fn for_each_record(
+        &self,
+        key_group: u32,
+        f: &mut dyn FnMut(Record<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let Some(i) = self.range.index_of(key_group) else {
+            return Ok(());
+        };
+        let (start, end) = (self.offsets[i], self.offsets[i + 1]);
+        if start == end {
+            return Ok(());
+        }
+        let mut buf = vec![0; (end - start) as usize];
+        read_exact_at(&self.file, &mut buf, start)
+            .map_err(|e| Error::io(format!("reading {} at {start}", self.name), e))?;
+        let mut at = 0u64;
+        while at < buf.len() as u64 {
+            let (payload, next) = decode_frame(&self.name, &buf, at)?;
+            parse_records(&self.name, start + at, &payload, &self.meta, &mut *f)?;
+            at = next;
+        }
+        Ok(())
+    }
 }
 
 fn state_meta<'m>(meta: &'m KeyedSnapshotMeta, file: &str, state: u32) -> Result<&'m StateMeta> {
