@@ -1,0 +1,404 @@
+//! The `statectl` binary as a user runs it: the job workflow with real
+//! processes, and the inspection tools on real checkpoints of every backend,
+//! whole, corrupted and incomplete.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+fn statectl() -> Command {
+    Command::cargo_bin("statectl").expect("the statectl binary is built")
+}
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("statectl")
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = statectl().args(args).output().expect("statectl runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert_eq!(
+        out.code, 0,
+        "statectl {args:?} failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+/// Runs the job to the end of its source, keeping its checkpoints; returns
+/// the job's folder.
+fn finished_job(root: &Path, backend: &str, extra: &[&str]) -> PathBuf {
+    let cp = root.join("checkpoints");
+    let cp = cp.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "run",
+        "--backend",
+        backend,
+        "--job-id",
+        "job",
+        "--checkpoint-dir",
+        cp,
+        "--records",
+        "30000",
+        "--keys",
+        "500",
+        "--rate",
+        "60000",
+        "--checkpoint-interval-ms",
+        "50",
+        "--retained",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&args);
+    assert!(
+        out.contains("finished: every count is exact (500 keys, 30000 records)"),
+        "{out}"
+    );
+    assert!(out.contains("checkpoint 2 completed"), "{out}");
+    root.join("checkpoints").join("job")
+}
+
+fn inspect_json(path: &Path) -> serde_json::Value {
+    let out = ok(&["inspect", "--json", path.to_str().expect("utf-8")]);
+    serde_json::from_str(&out).expect("inspect --json prints JSON")
+}
+
+/// Every file the latest checkpoint under `path` references.
+fn referenced_files(path: &Path) -> Vec<PathBuf> {
+    let summary = inspect_json(path);
+    let mut files: Vec<PathBuf> = summary["operators"]
+        .as_array()
+        .expect("operators")
+        .iter()
+        .flat_map(|op| op["subtasks"].as_array().cloned().unwrap_or_default())
+        .flat_map(|s| s["keyed"].as_array().cloned().unwrap_or_default())
+        .flat_map(|h| h["files"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["inline"] == false)
+        .map(|f| PathBuf::from(f["path"].as_str().expect("path")))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+fn flip_bit(file: &Path, offset: usize) {
+    let mut bytes = std::fs::read(file).expect("read");
+    bytes[offset] ^= 0x10;
+    std::fs::write(file, bytes).expect("write");
+}
+
+#[test]
+fn rocksdb_checkpoints_list_inspect_and_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = finished_job(dir.path(), "rocksdb", &[]);
+    let listing = ok(&[
+        "list",
+        dir.path().join("checkpoints").to_str().expect("utf-8"),
+    ]);
+    assert!(listing.contains("native rocksdb"), "{listing}");
+    assert!(listing.contains("retention"), "{listing}");
+    let summary = inspect_json(&job);
+    assert_eq!(summary["kind"], "checkpoint");
+    assert_eq!(summary["format"], "native rocksdb");
+    let ops: Vec<&str> = summary["operators"]
+        .as_array()
+        .expect("operators")
+        .iter()
+        .map(|o| o["operator_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ops, ["source", "count"]);
+    let verified = ok(&["verify", job.to_str().expect("utf-8")]);
+    assert!(verified.contains("whole"), "{verified}");
+    // The table form prints too.
+    let text = ok(&["inspect", job.to_str().expect("utf-8")]);
+    assert!(text.contains("operator count"), "{text}");
+}
+
+#[test]
+fn one_flipped_bit_in_any_state_file_is_found_on_every_backend() {
+    for (backend, extra) in [
+        ("memory", &[][..]),
+        ("fs", &[][..]),
+        ("fs", &["--incremental"][..]),
+        ("rocksdb", &[][..]),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = finished_job(dir.path(), backend, extra);
+        let files = referenced_files(&job);
+        assert!(
+            !files.is_empty(),
+            "{backend}: the checkpoint references files"
+        );
+        for file in &files {
+            let len = std::fs::metadata(file).expect("stat").len() as usize;
+            for offset in [len / 2, len - 1] {
+                flip_bit(file, offset);
+                let out = run(&["verify", job.to_str().expect("utf-8")]);
+                flip_bit(file, offset);
+                let name = file.to_str().expect("utf-8");
+                assert_eq!(
+                    out.code, 1,
+                    "{backend} {extra:?}: verify must fail after a bit flip at {offset} of {name}:\n{}{}",
+                    out.stdout, out.stderr
+                );
+                assert!(
+                    out.stdout.contains(name),
+                    "{backend} {extra:?}: the report names {name}:\n{}",
+                    out.stdout
+                );
+            }
+        }
+        let whole = run(&["verify", job.to_str().expect("utf-8")]);
+        assert_eq!(whole.code, 0, "{backend}: whole again: {}", whole.stdout);
+    }
+}
+
+#[test]
+fn damaged_and_incomplete_snapshots_are_reported_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = finished_job(dir.path(), "fs", &[]);
+    let job_s = job.to_str().expect("utf-8");
+
+    // A path that is not a checkpoint.
+    let out = run(&["verify", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("statectl: error: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    let out = run(&["inspect", "/no/such/folder"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("/no/such/folder"), "{}", out.stderr);
+
+    // A missing state file.
+    let files = referenced_files(&job);
+    let missing = &files[0];
+    let kept = std::fs::read(missing).expect("read");
+    std::fs::remove_file(missing).expect("remove");
+    let out = run(&["verify", job_s]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(missing.to_str().expect("utf-8")),
+        "{}",
+        out.stdout
+    );
+    std::fs::write(missing, kept).expect("restore the file");
+
+    // A checkpoint is not a savepoint.
+    let chk = latest_checkpoint(&job);
+    let out = run(&["run", "--from-savepoint", chk.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("is a checkpoint"), "{}", out.stderr);
+
+    // A truncated `_metadata`.
+    let meta = chk.join("_metadata");
+    let bytes = std::fs::read(&meta).expect("read");
+    std::fs::write(&meta, &bytes[..bytes.len() / 2]).expect("truncate");
+    let out = run(&["verify", chk.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("_metadata"), "{}", out.stdout);
+    let listing = ok(&["list", job_s]);
+    assert!(listing.contains("damaged"), "{listing}");
+    // Restoring from it fails with one line and deletes nothing.
+    let out = run(&[
+        "run",
+        "--from-checkpoint",
+        chk.to_str().expect("utf-8"),
+        "--checkpoint-dir",
+        dir.path().join("other").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.code, 1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(chk.join("_metadata").exists());
+}
+
+fn latest_checkpoint(job: &Path) -> PathBuf {
+    let mut ids: Vec<u64> = std::fs::read_dir(job)
+        .expect("job folder")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    job.join(format!("chk-{}", ids.last().expect("a checkpoint")))
+}
+
+/// A `statectl run` process whose output is read line by line.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = StdCommand::new(bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(what) {
+                return line;
+            }
+        }
+        panic!("no line with {what:?}");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn savepoint_cancel_and_resume_at_another_parallelism_and_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = dir.path().join("checkpoints");
+    let cp_s = cp.to_str().expect("utf-8");
+    let job = Running::start(&[
+        "run",
+        "--job-id",
+        "a",
+        "--backend",
+        "rocksdb",
+        "--parallelism",
+        "2",
+        "--checkpoint-dir",
+        cp_s,
+        "--records",
+        "200000",
+        "--keys",
+        "2000",
+        "--rate",
+        "20000",
+        "--checkpoint-interval-ms",
+        "100",
+        "--on-cancel",
+        "delete",
+    ]);
+    job.wait_for("checkpoint 1 completed");
+    let job_dir = cp.join("a");
+    let job_s = job_dir.to_str().expect("utf-8");
+    let status = ok(&[
+        "savepoint",
+        job_s,
+        "--target",
+        dir.path().join("sp").to_str().expect("utf-8"),
+    ]);
+    let first = PathBuf::from(status.trim());
+    assert!(first.join("_metadata").exists(), "{status}");
+    // Cancel with a second savepoint; DELETE on cancellation removes the checkpoints.
+    let out = ok(&[
+        "cancel",
+        job_s,
+        "--savepoint",
+        dir.path().join("sp").to_str().expect("utf-8"),
+    ]);
+    let second = PathBuf::from(out.trim());
+    assert!(second.join("_metadata").exists(), "{out}");
+    let mut job = job;
+    assert!(job.child.wait().expect("exit").success());
+    assert!(
+        !latest_checkpoint_exists(&job_dir),
+        "DELETE on cancellation"
+    );
+    // The job is gone: the tool says so in one line.
+    let out = run(&["savepoint", job_s]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no job runs"), "{}", out.stderr);
+    // Resume the second savepoint on the heap at parallelism 3.
+    let out = ok(&[
+        "run",
+        "--from-savepoint",
+        second.to_str().expect("utf-8"),
+        "--backend",
+        "memory",
+        "--parallelism",
+        "3",
+        "--checkpoint-dir",
+        cp_s,
+    ]);
+    assert!(
+        out.contains("finished: every count is exact (2000 keys, 200000 records)"),
+        "{out}"
+    );
+    // Disposing: a savepoint goes, a checkpoint needs --force.
+    ok(&["dispose", first.to_str().expect("utf-8")]);
+    assert!(!first.exists());
+}
+
+fn latest_checkpoint_exists(job: &Path) -> bool {
+    std::fs::read_dir(job)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("chk-"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn dispose_refuses_a_checkpoint_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = finished_job(dir.path(), "memory", &[]);
+    let chk = latest_checkpoint(&job);
+    let out = run(&["dispose", chk.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(chk.join("_metadata").exists(), "nothing deleted");
+    ok(&["dispose", "--force", chk.to_str().expect("utf-8")]);
+    assert!(!chk.exists());
+}
+
+#[test]
+fn the_demo_ends_with_ok() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = ok(&[
+        "demo",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+        "--records",
+        "100000",
+        "--rate",
+        "20000",
+    ]);
+    assert_eq!(out.lines().last(), Some("OK"), "{out}");
+}
