@@ -16,6 +16,8 @@
 //! * Restore opens native checkpoint files in place (clipping other key groups
 //!   with `delete_range`, merging other handles by SST ingestion) and reads
 //!   canonical and heap-incremental handles of any key-group ranges.
+//! * [`export`] reads a native checkpoint's records without the job's types
+//!   and converts it to the canonical format (a savepoint's bytes).
 //! * A failed write into RocksDB poisons the keyed backend: every later call
 //!   returns [`state_api::Error::Poisoned`] until it is restored from the last
 //!   completed checkpoint (see [`store`]).
@@ -46,6 +48,7 @@
 
 pub mod buffer;
 mod db;
+pub mod export;
 #[doc(hidden)]
 pub mod fault;
 pub mod keyed;

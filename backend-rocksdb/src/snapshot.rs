@@ -6,18 +6,18 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rocksdb::ReadOptions;
+use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions};
 use state_api::checkpoint::layout::unique_file_name;
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter};
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
 use state_api::snapshot::{SnapshotKind, SnapshotOptions};
-use state_api::state::StorageShape;
-use state_api::{Error, Result};
+use state_api::state::{StateMeta, StorageShape};
+use state_api::{Error, KeyGroupRange, Result};
 
-use crate::db::{rocks_err, DbSnapshot};
-use crate::keys::{self, decode};
+use crate::db::{rocks_err, Db, DbSnapshot};
+use crate::keys::{self, decode, DecodedKey};
 use crate::native::{Capture, NativeSnapshot, Uploads};
 use crate::store::{list_elements, RocksStore};
 
@@ -59,48 +59,123 @@ pub(crate) fn snapshot(
                 .collect::<Result<Vec<_>>>()?;
             let mut iters: Vec<_> = cfs
                 .iter()
-                .map(|cf| {
-                    let mut it = snap.raw_iterator_cf_opt(cf, ReadOptions::default());
-                    it.seek(keys::prefix(meta.range.start(), prefix_len));
-                    it
-                })
+                .map(|cf| Some(snap.raw_iterator_cf_opt(cf, ReadOptions::default())))
                 .collect();
-            for kg in meta.range.iter() {
-                cancel.check("keyed state snapshot")?;
-                writer.start_key_group(kg)?;
-                for (si, it) in iters.iter_mut().enumerate() {
-                    let shape = meta.states[si].kind.shape();
-                    while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                        let d = decode(k, prefix_len, db)?;
-                        if d.key_group != kg {
-                            break;
-                        }
-                        match shape {
-                            StorageShape::Cell => {
-                                writer.write_cell(si as u32, d.key, d.namespace, v)?
-                            }
-                            StorageShape::List => {
-                                let count = list_elements(v, db)
-                                    .try_fold(0usize, |n, e| e.map(|_| n + 1))?;
-                                writer.write_list(si as u32, d.key, d.namespace, count, v)?
-                            }
-                            StorageShape::Map => writer.write_map_entry(
-                                si as u32,
-                                d.key,
-                                d.namespace,
-                                d.user_key,
-                                v,
-                            )?,
-                        }
-                        it.next();
+            scan_key_groups(
+                &mut iters,
+                &meta.states,
+                meta.range,
+                prefix_len,
+                db,
+                &mut |item| match item {
+                    Scanned::KeyGroup(kg) => {
+                        cancel.check("keyed state snapshot")?;
+                        writer.start_key_group(kg)
                     }
-                    it.status().map_err(rocks_err(db, "snapshot iteration"))?;
-                }
-            }
-            Ok(())
+                    Scanned::Entry(entry) => write_entry(&mut writer, &entry, db),
+                },
+            )
         })?;
         writer.finish().map(|h| Some(h.into()))
     }))
+}
+
+/// A raw iterator over one column family of an instance or of a snapshot.
+pub(crate) type RawIter<'a> = DBRawIteratorWithThreadMode<'a, Db>;
+
+/// One entry of a state's column family, decoded.
+pub(crate) struct ScanEntry<'a> {
+    /// Index of the state (its column family) in the scanned states.
+    pub(crate) state: u32,
+    /// How the state stores its values.
+    pub(crate) shape: StorageShape,
+    /// The decoded RocksDB key.
+    pub(crate) key: DecodedKey<'a>,
+    /// The stored value (a merged list, for list states).
+    pub(crate) value: &'a [u8],
+}
+
+/// What [`scan_key_groups`] reports, in order.
+pub(crate) enum Scanned<'a> {
+    /// A key group starts; its entries follow.
+    KeyGroup(u32),
+    /// An entry of the key group last started.
+    Entry(ScanEntry<'a>),
+}
+
+/// Walks the key groups of `range` in order over `iters`, one iterator per
+/// state of `states` (`None`: the state has no column family, so no
+/// entries): for each key group, reports it, then every entry of each state
+/// in state order. The iterators are positioned here; entries past `range`
+/// are left unread. `db` names the instance in errors.
+pub(crate) fn scan_key_groups(
+    iters: &mut [Option<RawIter<'_>>],
+    states: &[StateMeta],
+    range: KeyGroupRange,
+    prefix_len: usize,
+    db: &str,
+    visit: &mut dyn FnMut(Scanned<'_>) -> Result<()>,
+) -> Result<()> {
+    if iters.len() != states.len() {
+        return Err(Error::Corrupted {
+            file: db.to_string(),
+            offset: 0,
+            reason: format!(
+                "{} column families for {} states",
+                iters.len(),
+                states.len()
+            ),
+        });
+    }
+    if range.is_empty() {
+        return Ok(());
+    }
+    let start = keys::prefix(range.start(), prefix_len);
+    for it in iters.iter_mut().flatten() {
+        it.seek(&start);
+    }
+    for kg in range.iter() {
+        visit(Scanned::KeyGroup(kg))?;
+        for (si, it) in iters.iter_mut().enumerate() {
+            let Some(it) = it else {
+                continue;
+            };
+            let shape = states[si].kind.shape();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let key = decode(k, prefix_len, db)?;
+                if key.key_group != kg {
+                    break;
+                }
+                visit(Scanned::Entry(ScanEntry {
+                    state: si as u32,
+                    shape,
+                    key,
+                    value: v,
+                }))?;
+                it.next();
+            }
+            it.status().map_err(rocks_err(db, "snapshot iteration"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one scanned entry as a canonical record, as a savepoint does:
+/// a list's stored value is already its length-prefixed elements.
+pub(crate) fn write_entry(
+    writer: &mut KeyedSnapshotWriter,
+    entry: &ScanEntry<'_>,
+    db: &str,
+) -> Result<()> {
+    let (si, d, v) = (entry.state, &entry.key, entry.value);
+    match entry.shape {
+        StorageShape::Cell => writer.write_cell(si, d.key, d.namespace, v),
+        StorageShape::List => {
+            let count = list_elements(v, db).try_fold(0usize, |n, e| e.map(|_| n + 1))?;
+            writer.write_list(si, d.key, d.namespace, count, v)
+        }
+        StorageShape::Map => writer.write_map_entry(si, d.key, d.namespace, d.user_key, v),
+    }
 }
 
 /// An incremental checkpoint: the synchronous part switches memtables
