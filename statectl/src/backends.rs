@@ -45,6 +45,8 @@ pub struct BackendSettings {
     pub local_dir: PathBuf,
     /// The coordinator's configuration.
     pub checkpoints: CheckpointConfig,
+    /// Streams up to this many bytes go into `_metadata` instead of a file.
+    pub inline_threshold: usize,
 }
 
 impl BackendSettings {
@@ -73,19 +75,23 @@ pub fn with_backend<W: WithBackend>(settings: &BackendSettings, work: W) -> Resu
     let config = settings.checkpoints.clone();
     match settings.kind {
         BackendKind::Memory => {
-            let storage = CheckpointStorage::new(dir, job)?;
+            let storage = CheckpointStorage::new(dir, job)?
+                .with_inline_threshold(settings.inline_threshold)?;
             // Snapshots go to the checkpoint storage's files, so the
             // in-memory size limit of the backend's own streams is moot.
             let backend = MemoryStateBackend::new().with_max_state_size(usize::MAX);
             work.run(&backend, storage.coordinator(config)?)
         }
         BackendKind::Fs => {
-            let backend = FsStateBackend::new(dir, job)?.with_incremental(settings.incremental);
+            let backend = FsStateBackend::new(dir, job)?
+                .with_incremental(settings.incremental)
+                .with_inline_threshold(settings.inline_threshold)?;
             let coordinator = backend.coordinator(config)?;
             work.run(&backend, coordinator)
         }
         BackendKind::RocksDb => {
-            let backend = RocksDbStateBackend::new(&settings.local_dir, dir, job)?;
+            let backend = RocksDbStateBackend::new(&settings.local_dir, dir, job)?
+                .with_inline_threshold(settings.inline_threshold)?;
             let coordinator = backend.coordinator(config)?;
             work.run(&backend, coordinator)
         }

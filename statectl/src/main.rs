@@ -220,6 +220,10 @@ struct RunArgs {
     /// job folder for its latest checkpoint).
     #[arg(long)]
     from_checkpoint: Option<PathBuf>,
+    /// Snapshot streams up to this many bytes go into `_metadata` instead of
+    /// a file of their own (at most 1 MiB).
+    #[arg(long, default_value_t = 20 * 1024)]
+    inline_threshold: usize,
     /// RocksDB's working folder [default: a new folder in the system's
     /// temporary folder, removed when the job ends].
     #[arg(long)]
@@ -367,6 +371,7 @@ fn run(args: RunArgs) -> CmdResult {
             },
             ..CheckpointConfig::default()
         },
+        inline_threshold: args.inline_threshold,
     };
     let options = JobOptions {
         source: SourceConfig::new(args.partitions, args.records, args.keys)?,

@@ -65,6 +65,8 @@ fn finished_job(root: &Path, backend: &str, extra: &[&str]) -> PathBuf {
         "50",
         "--retained",
         "3",
+        "--inline-threshold",
+        "0",
     ];
     args.extend_from_slice(extra);
     let out = ok(&args);

@@ -179,13 +179,23 @@ impl RestorePlan {
     /// savepoint folder), or a job folder, which stands for its newest
     /// completed checkpoint whose files are all present.
     pub fn load(storage: &dyn Storage, path: &Path) -> Result<Self> {
-        let metadata_path = resolve_metadata_path(storage, path)?;
-        let metadata = load_metadata(storage, &metadata_path)?;
-        verify_files(storage, metadata.checkpoint_id, &metadata)?;
-        Ok(RestorePlan {
-            metadata_path,
-            metadata,
-        })
+        let mut first_error = None;
+        for metadata_path in candidates(storage, path)? {
+            let loaded = load_metadata(storage, &metadata_path)
+                .and_then(|m| verify_files(storage, m.checkpoint_id, &m).map(|()| m));
+            match loaded {
+                Ok(metadata) => {
+                    return Ok(RestorePlan {
+                        metadata_path,
+                        metadata,
+                    })
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| not_a_snapshot(path)))
     }
 
     /// The `_metadata` file restored from.
@@ -303,15 +313,33 @@ fn is_empty(s: &SubtaskState) -> bool {
 }
 
 /// The `_metadata` file `path` names: the file itself, the one in the folder
-/// `path`, or, for a job folder, the newest completed checkpoint's whose
-/// files are all present.
+/// `path`, or, for a job folder, the newest checkpoint's (whether or not its
+/// files are all present: [`RestorePlan::load`] falls back to older ones,
+/// a tool inspecting the folder wants the newest).
 pub fn resolve_metadata_path(storage: &dyn Storage, path: &Path) -> Result<PathBuf> {
+    candidates(storage, path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| not_a_snapshot(path))
+}
+
+fn not_a_snapshot(path: &Path) -> Error {
+    Error::NotFound {
+        what: format!(
+            "{} is not a checkpoint, a savepoint or a job folder with a completed checkpoint (no `{METADATA_FILE}`)",
+            path.display()
+        ),
+    }
+}
+
+/// The `_metadata` files `path` may name, newest first.
+fn candidates(storage: &dyn Storage, path: &Path) -> Result<Vec<PathBuf>> {
     if path.file_name().and_then(|n| n.to_str()) == Some(METADATA_FILE) {
-        return Ok(path.to_path_buf());
+        return Ok(vec![path.to_path_buf()]);
     }
     let direct = path.join(METADATA_FILE);
     if storage.exists(&direct) {
-        return Ok(direct);
+        return Ok(vec![direct]);
     }
     let names = storage.list_dir(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -327,28 +355,12 @@ pub fn resolve_metadata_path(storage: &dyn Storage, path: &Path) -> Result<PathB
         .filter_map(|n| parse_checkpoint_dir_name(n))
         .collect();
     ids.sort_unstable();
-    let mut last_error = None;
-    for id in ids.into_iter().rev() {
-        let candidate = path.join(format!("chk-{id}")).join(METADATA_FILE);
-        if !storage.exists(&candidate) {
-            continue;
-        }
-        match load_metadata(storage, &candidate)
-            .and_then(|m| verify_files(storage, m.checkpoint_id, &m))
-        {
-            Ok(()) => return Ok(candidate),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(match last_error {
-        Some(e) => e,
-        None => Error::NotFound {
-            what: format!(
-                "{} is not a checkpoint, a savepoint or a job folder with a completed checkpoint (no `{METADATA_FILE}`)",
-                path.display()
-            ),
-        },
-    })
+    Ok(ids
+        .into_iter()
+        .rev()
+        .map(|id| path.join(format!("chk-{id}")).join(METADATA_FILE))
+        .filter(|candidate| storage.exists(candidate))
+        .collect())
 }
 
 #[cfg(test)]
