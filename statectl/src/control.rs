@@ -75,12 +75,18 @@ pub struct Command {
     /// The request.
     pub request: Request,
     reply: Sender<Result<String, String>>,
+    written: Receiver<()>,
 }
 
 impl Command {
-    /// Answers the client (who may have gone away: then nothing happens).
+    /// Answers the client, and waits (at most 5 s) until the answer is
+    /// written to its socket, so that a job that stops right after
+    /// answering does not cut the answer off. A client that went away
+    /// changes nothing.
     pub fn reply(self, answer: Result<String, String>) {
-        let _ = self.reply.send(answer);
+        if self.reply.send(answer).is_ok() {
+            let _ = self.written.recv_timeout(Duration::from_secs(5));
+        }
     }
 }
 
@@ -192,11 +198,21 @@ fn serve_one(stream: UnixStream, tx: &Sender<Command>) -> std::io::Result<()> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let line = line.trim_end_matches('\n');
+    let mut done = None;
     let answer = match Request::parse(line) {
         None => Err(format!("unknown request {line:?}")),
         Some(request) => {
             let (reply, answer) = mpsc::channel();
-            if tx.send(Command { request, reply }).is_err() {
+            let (written_tx, written) = mpsc::channel();
+            done = Some(written_tx);
+            if tx
+                .send(Command {
+                    request,
+                    reply,
+                    written,
+                })
+                .is_err()
+            {
                 Err("the job is stopping".to_string())
             } else {
                 answer
@@ -210,7 +226,11 @@ fn serve_one(stream: UnixStream, tx: &Sender<Command>) -> std::io::Result<()> {
         Ok(t) => format!("ok\t{t}\n"),
         Err(e) => format!("error\t{}\n", e.replace('\n', " ")),
     };
-    stream.write_all(text.as_bytes())
+    let written = stream.write_all(text.as_bytes());
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+    written
 }
 
 /// Sends `request` to the job in `job_dir` and waits up to `timeout` for its

@@ -619,6 +619,16 @@ impl<S: StateBackend> Job<S> {
             consumed += n;
             observe(JobEvent::Progress { consumed, total });
             if n < batch {
+                // A final checkpoint, as Flink takes one when a job finishes:
+                // the job's last checkpoint holds its final state.
+                let c = self.checkpoint()?;
+                let sizes = c.metadata.file_sizes();
+                observe(JobEvent::Checkpoint {
+                    id: c.id,
+                    consumed,
+                    bytes: sizes.iter().map(|(_, s)| s).sum(),
+                    files: sizes.len(),
+                });
                 return self.finish();
             }
             if let Some(rate) = options.rate {
