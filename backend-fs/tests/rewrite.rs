@@ -249,3 +249,67 @@ fn a_rewrite_refuses_a_non_empty_target_and_a_missing_source() {
         "nothing deleted"
     );
 }
+
+#[test]
+fn a_bootstrapped_savepoint_restores_and_reads_back_with_the_job_types() -> Result<()> {
+    use state_api::checkpoint::processor::{SavepointReader, SavepointWriter};
+    use state_api::DefaultOperatorStateBackend;
+    use state_api::OperatorStateBackend;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let heap = MemoryStateBackend::new().with_max_state_size(64 << 20);
+    // Bootstrap: keyed state of "count" and operator state of "source".
+    let spec = SubtaskSpec::new("count", 128, 1, 0)?;
+    let mut keyed = heap.create_keyed_backend(spec.keyed_params(postcard::<u64>()), &[])?;
+    let v = keyed.value_state(&value())?;
+    let mut model = Model::new();
+    for key in 0..KEYS {
+        keyed.set_current_key(key)?;
+        v.on(&mut keyed).set(format!("boot-{key}"))?;
+        model.entry(key).or_default().0 = Some(format!("boot-{key}"));
+    }
+    let mut source = DefaultOperatorStateBackend::new();
+    let offsets = source.list_state(&ListStateDescriptor::<u64>::new("offsets"))?;
+    source.list(&offsets)?.extend([10, 20, 30]);
+    let mut writer = SavepointWriter::create(&dir.path().join("boot"), 9)?;
+    writer.add_keyed("count", 128, &mut keyed)?;
+    writer.add_operator("source", 128, &mut source)?;
+    let path = writer.finish()?;
+
+    // A job restores it at parallelism 3 on both heap backends.
+    let fs = FsStateBackend::new(&dir.path().join("restored"), "job")?;
+    check(&fs, &path, 128, 3, &model)?;
+    check(&heap, &path, 128, 3, &model)?;
+
+    // The reader gives it back with the job's types.
+    let reader = SavepointReader::open(&LocalStorage, &path)?;
+    assert_eq!(reader.operator_ids(), ["count", "source"]);
+    let mut restored = reader.keyed(&fs, "count", postcard::<u64>())?;
+    let v = restored.value_state(&value())?;
+    let mut keys = restored.keys(v.handle(), &VoidNamespace)?;
+    keys.sort_unstable();
+    assert_eq!(keys, (0..KEYS).collect::<Vec<_>>());
+    restored.set_current_key(17)?;
+    assert_eq!(v.on(&mut restored).get()?, Some("boot-17".to_string()));
+    let mut op = reader.operator(&fs, "source")?;
+    let offsets = op.list_state(&ListStateDescriptor::<u64>::new("offsets"))?;
+    assert_eq!(op.list(&offsets)?.clone(), vec![10, 20, 30]);
+    assert!(reader.keyed(&fs, "nope", postcard::<u64>()).is_err());
+
+    // A writer refuses a backend that does not own every key group.
+    let half = SubtaskSpec::new("count", 128, 2, 0)?;
+    let mut partial = heap.create_keyed_backend(half.keyed_params(postcard::<u64>()), &[])?;
+    let pv = partial.value_state(&value())?;
+    let mut router = KeyRouter::new(postcard::<u64>(), 128)?;
+    let mut key = 0;
+    while router.subtask(&key, 2)? != 0 {
+        key += 1;
+    }
+    partial.set_current_key(key)?;
+    pv.on(&mut partial).set("x".into())?;
+    let mut w = SavepointWriter::create(&dir.path().join("partial"), 1)?;
+    let err = w
+        .add_keyed("count", 128, &mut partial)
+        .expect_err("a backend owning half the key groups");
+    assert!(err.to_string().contains("owning all 128"), "{err}");
+    Ok(())
+}

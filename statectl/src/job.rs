@@ -408,39 +408,38 @@ impl<S: StateBackend> Job<S> {
         pending: &PendingCheckpoint,
         options: SnapshotOptions,
     ) -> Result<Vec<OperatorState>> {
-        let mut source = OperatorState {
-            operator_id: SOURCE_OPERATOR.into(),
-            parallelism: self.parallelism,
-            max_parallelism: self.max_parallelism,
-            subtasks: Vec::new(),
-        };
+        let mut sources = Vec::new();
         for s in &mut self.sources {
             let handle = s
                 .operator
                 .snapshot(pending.id, pending.streams.clone(), options)?
                 .run()?;
-            source.subtasks.push(SubtaskState {
+            sources.push(SubtaskState {
                 operator: handle.into_iter().collect(),
                 ..Default::default()
             });
         }
-        let mut count = OperatorState {
-            operator_id: COUNT_OPERATOR.into(),
-            parallelism: self.parallelism,
-            max_parallelism: self.max_parallelism,
-            subtasks: Vec::new(),
-        };
+        let mut counts = Vec::new();
         for c in &mut self.counters {
             let handle = c
                 .keyed
                 .snapshot(pending.id, pending.streams.clone(), options)?
                 .run()?;
-            count.subtasks.push(SubtaskState {
+            counts.push(SubtaskState {
                 keyed: handle.into_iter().collect(),
                 ..Default::default()
             });
         }
-        Ok(vec![source, count])
+        let operator = |id: &str, subtasks| OperatorState {
+            operator_id: id.into(),
+            parallelism: self.parallelism,
+            max_parallelism: self.max_parallelism,
+            subtasks,
+        };
+        Ok(vec![
+            operator(SOURCE_OPERATOR, sources),
+            operator(COUNT_OPERATOR, counts),
+        ])
     }
 
     /// Takes a checkpoint of every subtask and completes it. On failure the

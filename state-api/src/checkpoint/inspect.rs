@@ -386,30 +386,17 @@ fn verify_source(
     report: &mut VerifyReport,
     sink: &mut ProblemSink,
 ) {
-    let keyed: Vec<(&KeyGroupsStateHandle, bool, bool, &str)> = source
-        .uses
-        .iter()
-        .filter_map(|(u, needed_by)| match u {
-            Use::Keyed { piece, delta, raw } => Some((*piece, *delta, *raw, needed_by.as_str())),
-            _ => None,
-        })
-        .collect();
-    let operator: Vec<(&OperatorStateHandle, &str)> = source
-        .uses
-        .iter()
-        .filter_map(|(u, needed_by)| match u {
-            Use::Operator(h) => Some((*h, needed_by.as_str())),
-            _ => None,
-        })
-        .collect();
-    let native: Vec<(&NativeFile, &str)> = source
-        .uses
-        .iter()
-        .filter_map(|(u, needed_by)| match u {
-            Use::Native(f) => Some((*f, needed_by.as_str())),
-            _ => None,
-        })
-        .collect();
+    let mut keyed: Vec<(&KeyGroupsStateHandle, bool, bool, &str)> = Vec::new();
+    let mut operator: Vec<(&OperatorStateHandle, &str)> = Vec::new();
+    let mut native: Vec<(&NativeFile, &str)> = Vec::new();
+    for (u, needed_by) in &source.uses {
+        let needed_by = needed_by.as_str();
+        match u {
+            Use::Keyed { piece, delta, raw } => keyed.push((*piece, *delta, *raw, needed_by)),
+            Use::Operator(h) => operator.push((*h, needed_by)),
+            Use::Native(f) => native.push((*f, needed_by)),
+        }
+    }
     if !keyed.is_empty() {
         verify_keyed(&source.display, data, &keyed, report, sink);
     }

@@ -145,6 +145,49 @@ pub fn unique_file_name() -> String {
     format!("{:032x}", random_u128())
 }
 
+/// A moment in UTC, split into calendar fields (for showing checkpoint
+/// times without a date-time dependency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcTime {
+    /// The year (proleptic Gregorian calendar).
+    pub year: i64,
+    /// 1..=12.
+    pub month: u32,
+    /// 1..=31.
+    pub day: u32,
+    /// 0..=23.
+    pub hour: u32,
+    /// 0..=59.
+    pub minute: u32,
+    /// 0..=59.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// `secs` seconds after the Unix epoch (Howard Hinnant's days-to-civil
+    /// algorithm).
+    pub fn from_unix_secs(secs: u64) -> Self {
+        let days = (secs / 86_400) as i64;
+        let rem = (secs % 86_400) as u32;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        UtcTime {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod coordinator;
 pub mod inspect;
 pub mod layout;
 pub mod metadata;
+pub mod processor;
 pub mod restore;
 pub mod rewrite;
 pub mod storage;
