@@ -27,7 +27,7 @@
 //! keyed.set_current_key("apple".into())?;
 //! count.on(&mut keyed).add(3)?;
 //!
-//! let task = keyed.snapshot(1, backend.stream_factory(1)?, SnapshotOptions::default())?;
+//! let task = backend.snapshot_keyed(&mut keyed, 1, SnapshotOptions::default())?;
 //! count.on(&mut keyed).add(100)?; // after the synchronous part: not in the snapshot
 //! let handle = task.run()?.expect("state was written");
 //!

@@ -410,10 +410,7 @@ impl<S: StateBackend> Job<S> {
     ) -> Result<Vec<OperatorState>> {
         let mut sources = Vec::new();
         for s in &mut self.sources {
-            let handle = s
-                .operator
-                .snapshot(pending.id, pending.streams.clone(), options)?
-                .run()?;
+            let handle = pending.snapshot_operator(&mut s.operator, options)?.run()?;
             sources.push(SubtaskState {
                 operator: handle.into_iter().collect(),
                 ..Default::default()
@@ -421,10 +418,7 @@ impl<S: StateBackend> Job<S> {
         }
         let mut counts = Vec::new();
         for c in &mut self.counters {
-            let handle = c
-                .keyed
-                .snapshot(pending.id, pending.streams.clone(), options)?
-                .run()?;
+            let handle = pending.snapshot_keyed(&mut c.keyed, options)?.run()?;
             counts.push(SubtaskState {
                 keyed: handle.into_iter().collect(),
                 ..Default::default()

@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::key_group::{check_parallelism, KeyGroupRange};
 use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use crate::snapshot::stream::CheckpointStreamFactory;
+use crate::snapshot::task::SnapshotTask;
+use crate::snapshot::SnapshotOptions;
 use crate::state::StateKey;
 use keyed::KeyedStateBackend;
 use operator::DefaultOperatorStateBackend;
@@ -81,4 +83,17 @@ pub trait StateBackend: Send + Sync {
 
     /// Where the snapshots of checkpoint `checkpoint_id` are written.
     fn stream_factory(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointStreamFactory>>;
+
+    /// Takes the synchronous part of `keyed`'s snapshot for checkpoint
+    /// `checkpoint_id` into this backend's streams (the id given once) and
+    /// returns the asynchronous part. With a coordinator, use
+    /// [`crate::checkpoint::PendingCheckpoint::snapshot_keyed`].
+    fn snapshot_keyed<B: KeyedStateBackend>(
+        &self,
+        keyed: &mut B,
+        checkpoint_id: u64,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+        keyed.snapshot(checkpoint_id, self.stream_factory(checkpoint_id)?, options)
+    }
 }

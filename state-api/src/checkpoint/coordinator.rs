@@ -34,8 +34,13 @@ use super::storage::Storage;
 use super::stream::{
     check_inline_threshold, CreatedFiles, FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD,
 };
+use crate::backend::keyed::KeyedStateBackend;
+use crate::backend::operator::OperatorStateBackend;
 use crate::error::{Error, Result};
+use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use crate::snapshot::stream::CheckpointStreamFactory;
+use crate::snapshot::task::SnapshotTask;
+use crate::snapshot::SnapshotOptions;
 
 /// What happens to checkpoints when the job is cancelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,6 +118,28 @@ pub struct PendingCheckpoint {
     /// Where its snapshots write.
     pub streams: Arc<dyn CheckpointStreamFactory>,
     created: CreatedFiles,
+}
+
+impl PendingCheckpoint {
+    /// Takes the synchronous part of `keyed`'s snapshot for this checkpoint
+    /// (its id and streams given once, here) and returns the asynchronous
+    /// part. For a savepoint pass [`SnapshotOptions::savepoint`].
+    pub fn snapshot_keyed<B: KeyedStateBackend>(
+        &self,
+        keyed: &mut B,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
+        keyed.snapshot(self.id, self.streams.clone(), options)
+    }
+
+    /// Like [`PendingCheckpoint::snapshot_keyed`], for operator state.
+    pub fn snapshot_operator<O: OperatorStateBackend>(
+        &self,
+        operator: &mut O,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotTask<Option<OperatorStateHandle>>> {
+        operator.snapshot(self.id, self.streams.clone(), options)
+    }
 }
 
 struct PendingEntry {
