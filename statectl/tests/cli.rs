@@ -501,3 +501,40 @@ fn dump_prints_every_record_as_json_lines() {
         assert!(out.stderr.contains("count"), "{}", out.stderr);
     }
 }
+
+#[test]
+fn a_savepoint_of_another_job_is_refused() {
+    use state_api::checkpoint::processor::SavepointWriter;
+    use state_api::checkpoint::SubtaskSpec;
+    use state_api::state::access::KeyedStateBackendExt;
+    use state_api::state::descriptor::ValueStateDescriptor;
+    use state_api::{KeyedStateBackend, StateBackend};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend_memory::MemoryStateBackend::new();
+    let spec = SubtaskSpec::new("enrich", 128, 1, 0).expect("spec");
+    let mut keyed = backend
+        .create_keyed_backend(
+            spec.keyed_params(state_api::codec::postcard::<String>()),
+            &[],
+        )
+        .expect("backend");
+    let state = keyed
+        .value_state(&ValueStateDescriptor::<u64>::new("seen"))
+        .expect("state");
+    keyed.set_current_key("a".into()).expect("key");
+    state.on(&mut keyed).set(1).expect("set");
+    let mut writer = SavepointWriter::create(&dir.path().join("other"), 1).expect("writer");
+    writer.add_keyed("enrich", 128, &mut keyed).expect("add");
+    let path = writer.finish().expect("finish");
+    let out = run(&[
+        "run",
+        "--from-savepoint",
+        path.to_str().expect("utf-8"),
+        "--checkpoint-dir",
+        dir.path().join("ck").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("another job"), "{}", out.stderr);
+    assert!(out.stderr.contains("enrich"), "{}", out.stderr);
+}
