@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::Arc;
 
 use state_api::checkpoint::inspect::{
-    inspect_snapshot, list_snapshots, verify_snapshot, Problem, VerifyReport,
+    inspect_snapshot, list_snapshots, record_bytes, verify_snapshot, KeyGroupStat, Problem,
+    VerifyReport,
 };
 use state_api::checkpoint::rewrite::{
     for_each_keyed_record, rewrite_snapshot, NativeRecords, RewriteOptions,
@@ -558,7 +559,8 @@ fn list(dir: &Path, as_json: bool) -> CmdResult {
 
 fn inspect(path: &Path, key_groups: bool, as_json: bool) -> CmdResult {
     let metadata_path = resolve_metadata_path(&LocalStorage, path)?;
-    let summary = inspect_snapshot(&LocalStorage, &metadata_path, key_groups)?;
+    let mut summary = inspect_snapshot(&LocalStorage, &metadata_path, key_groups)?;
+    count_native_records(&metadata_path, &mut summary, key_groups)?;
     if as_json {
         println!("{}", json(&summary));
         return Ok(ExitCode::SUCCESS);
@@ -906,4 +908,70 @@ fn dump(path: &Path, state: &str, key_group: Option<u32>, operator: Option<&str>
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fills the entry and byte counts `inspect_snapshot` leaves empty for
+/// operators whose keyed state is all in native RocksDB handles, by reading
+/// their records.
+fn count_native_records(
+    metadata_path: &Path,
+    summary: &mut state_api::checkpoint::SnapshotSummary,
+    per_key_group: bool,
+) -> Result<(), Failure> {
+    use std::collections::{BTreeMap, HashMap};
+    let metadata = load_metadata(&LocalStorage, metadata_path)?;
+    let work = scratch()?;
+    let reader = RocksDbRecords::new(&work.0);
+    for op in &metadata.operators {
+        let handles: Vec<&KeyedStateHandle> = op.subtasks.iter().flat_map(|s| &s.keyed).collect();
+        if handles.is_empty()
+            || !handles
+                .iter()
+                .all(|h| matches!(h, KeyedStateHandle::IncrementalNative(_)))
+        {
+            continue;
+        }
+        // state name -> key group -> (entries, bytes)
+        let mut counts: HashMap<String, BTreeMap<u32, (u64, u64)>> = HashMap::new();
+        for h in handles {
+            let KeyedStateHandle::IncrementalNative(n) = h else {
+                continue;
+            };
+            reader.for_each_record(n, &mut |kg, r| {
+                if let Some(meta) = n.states.get(r.state as usize) {
+                    let slot = counts
+                        .entry(meta.name.clone())
+                        .or_default()
+                        .entry(kg)
+                        .or_default();
+                    slot.0 += 1;
+                    slot.1 += record_bytes(&r);
+                }
+                Ok(())
+            })?;
+        }
+        let Some(target) = summary
+            .operators
+            .iter_mut()
+            .find(|o| o.operator_id == op.operator_id)
+        else {
+            continue;
+        };
+        for state in target.states.iter_mut().filter(|s| s.entries.is_none()) {
+            let groups = counts.remove(&state.name).unwrap_or_default();
+            state.entries = Some(groups.values().map(|c| c.0).sum());
+            state.bytes = Some(groups.values().map(|c| c.1).sum());
+            if per_key_group {
+                state.key_groups = groups
+                    .into_iter()
+                    .map(|(key_group, (entries, bytes))| KeyGroupStat {
+                        key_group,
+                        entries,
+                        bytes,
+                    })
+                    .collect();
+            }
+        }
+    }
+    Ok(())
 }

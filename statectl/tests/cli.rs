@@ -127,6 +127,10 @@ fn rocksdb_checkpoints_list_inspect_and_verify() {
         .map(|o| o["operator_id"].as_str().expect("id"))
         .collect();
     assert_eq!(ops, ["source", "count"]);
+    // The count state's entries are read through RocksDB: one per key.
+    let count = &summary["operators"][1]["states"][0];
+    assert_eq!(count["name"], "count");
+    assert_eq!(count["entries"], 500, "{count}");
     let verified = ok(&["verify", job.to_str().expect("utf-8")]);
     assert!(verified.contains("whole"), "{verified}");
     // The table form prints too.

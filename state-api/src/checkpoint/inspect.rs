@@ -1138,8 +1138,9 @@ fn apply(merged: &mut HashMap<(usize, Vec<u8>, Vec<u8>), Merged>, state: usize, 
 }
 
 /// Bytes of a record's canonical encoding: key, namespace and body with
-/// their length prefixes, without the state index (and op byte).
-fn record_bytes(r: &Record<'_>) -> u64 {
+/// their length prefixes, without the state index (and op byte). The
+/// `bytes` of [`StateSummary`] and [`KeyGroupStat`] are sums of it.
+pub fn record_bytes(r: &Record<'_>) -> u64 {
     fn varint_len(v: u64) -> u64 {
         u64::from((64 - v.leading_zeros()).div_ceil(7).max(1))
     }
