@@ -125,17 +125,6 @@ pub struct JobOptions {
 /// What the job reports while it runs.
 #[derive(Clone, Debug)]
 pub enum JobEvent {
-    /// The job started, fresh or restored.
-    Started {
-        /// The snapshot it restored, with its id.
-        restored: Option<(u64, PathBuf)>,
-        /// Records already consumed by the restored offsets.
-        consumed: u64,
-        /// Records in the source.
-        total: u64,
-        /// The parallelism it runs at.
-        parallelism: u32,
-    },
     /// Records consumed so far (often).
     Progress {
         /// Records consumed, restored offsets included.

@@ -474,7 +474,6 @@ impl WithBackend for RunJob {
             JobEvent::Savepoint { path } => {
                 bar.suspend(|| println!("savepoint completed: {}", path.display()))
             }
-            JobEvent::Started { .. } => {}
         };
         let outcome = job.run(&self.options, Some(server.commands()), &mut observe);
         bar.finish_and_clear();

@@ -169,10 +169,8 @@ pub fn rewrite_snapshot(
             )?;
             report.records += written.records;
             report.largest_bucket = report.largest_bucket.max(written.largest_bucket);
-            for (i, handle) in written.handles.into_iter().enumerate() {
-                if let Some(h) = handle {
-                    subtasks[i].keyed.push(KeyedStateHandle::KeyGroups(h));
-                }
+            for (subtask, h) in subtasks.iter_mut().zip(written.handles) {
+                subtask.keyed.push(KeyedStateHandle::KeyGroups(h));
             }
         }
         operators.push(OperatorState {
@@ -226,7 +224,8 @@ fn copy_operator(
 }
 
 struct Written {
-    handles: Vec<Option<KeyGroupsStateHandle>>,
+    /// One per new subtask, in subtask order.
+    handles: Vec<KeyGroupsStateHandle>,
     records: u64,
     largest_bucket: u64,
 }
@@ -727,7 +726,7 @@ fn rewrite_keyed(
                 }
             }
         }
-        out.push(Some(writer.finish()?));
+        out.push(writer.finish()?);
     }
     Ok(Written {
         handles: out,
