@@ -30,6 +30,7 @@ fn backend(incremental: bool) -> Result<HeapKeyedStateBackend<i64>> {
         max_parallelism: 128,
         key_group_range: KeyGroupRange::all(128),
         key_codec: postcard::<i64>(),
+        clock: Default::default(),
     };
     let options = HeapOptions {
         incremental: incremental.then(IncrementalOptions::default),

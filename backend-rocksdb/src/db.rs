@@ -15,6 +15,7 @@ use state_api::{Error, ErrorKind, Result};
 use crate::fault::Faults;
 use crate::memory::{MemoryBudget, MemoryMode};
 use crate::options::RocksOptions;
+use crate::ttl::TtlFilters;
 
 pub(crate) type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 
@@ -231,6 +232,7 @@ pub(crate) fn open_instance(
     options: &RocksOptions,
     budget: Option<&MemoryBudget>,
     existing: bool,
+    filters: &TtlFilters,
 ) -> Result<(Arc<DbInstance>, Cache)> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
@@ -242,9 +244,11 @@ pub(crate) fn open_instance(
     } else {
         Vec::new()
     };
-    let descriptors = cfs
-        .into_iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, column_family_options(options, &cache)));
+    let descriptors = cfs.into_iter().map(|n| {
+        let mut o = column_family_options(options, &cache);
+        filters.install(&mut o, &n);
+        ColumnFamilyDescriptor::new(n, o)
+    });
     let db =
         Db::open_cf_descriptors(&db_opts, folder, descriptors).map_err(rocks_err(&name, "open"))?;
     Ok((

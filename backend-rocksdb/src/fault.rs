@@ -28,6 +28,8 @@ pub enum FailPoint {
     CreateColumnFamily,
     /// Rewriting a state's values for a schema migration at registration.
     Migrate,
+    /// Deleting expired entries and trimming lists (`cleanup_expired`).
+    TtlCleanup,
     /// The synchronous part of an incremental checkpoint: switching the live
     /// memtables out for flushing.
     CheckpointFlush,

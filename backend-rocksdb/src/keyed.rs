@@ -31,6 +31,7 @@ use state_api::snapshot::SnapshotOptions;
 use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
 };
+use state_api::state::ttl::{StateClock, StateTtlConfig};
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue};
 use state_api::{Error, KeyGroupRange, Result};
 
@@ -60,6 +61,8 @@ struct MapCodecs<N, UK, UV> {
 
 struct Registered {
     meta: StateMeta,
+    /// Its time-to-live, with the cleanup strategies.
+    ttl: Option<StateTtlConfig>,
     codecs: Box<dyn Any + Send + Sync>,
     /// The namespace codec, a `SharedCodec<N>`, for key listing.
     namespace: Box<dyn Any + Send + Sync>,
@@ -90,6 +93,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     running: CancellationRegistry,
     /// SSTs uploaded by incremental checkpoints.
     uploads: Arc<Mutex<Uploads>>,
+    /// The clock TTL is measured against.
+    clock: StateClock,
 }
 
 impl<K: StateKey> RocksKeyedStateBackend<K> {
@@ -137,6 +142,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 pending,
                 running: CancellationRegistry::default(),
                 uploads: Arc::default(),
+                clock: params.clock.clone(),
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(folder);
@@ -145,12 +151,32 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
     }
 
+    /// Compacts every registered state's column family whole, through the
+    /// TTL compaction filter: expired entries of states whose TTL keeps the
+    /// filter on (and lists whose every element expired) are dropped and
+    /// their disk space reclaimed. RocksDB also runs the filter in its own
+    /// background compactions; this forces one, for an engine that
+    /// schedules it (and for tests).
+    pub fn compact(&mut self) -> Result<()> {
+        self.store.check_open()?;
+        for s in &self.states {
+            self.store.compact(&s.meta.name)?;
+        }
+        Ok(())
+    }
+
+    /// Entries (whole lists) the TTL compaction filter dropped so far.
+    pub fn ttl_filter_removed(&self) -> u64 {
+        self.store.ttl_filters().removed()
+    }
+
     /// Registers a state: the existing one after checking it matches, a
     /// restored one after checking (and if needed migrating) its codecs, or a
     /// new column family.
     fn register<C: Any + Send + Sync, N: Namespace>(
         &mut self,
         meta: StateMeta,
+        ttl: Option<StateTtlConfig>,
         compat: &[Compatibility],
         codecs: C,
         namespace: SharedCodec<N>,
@@ -183,7 +209,15 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         }
         let i = self.store.attach(&meta.name)?;
         debug_assert_eq!(i, self.states.len());
+        if let (Some(ttl_meta), Some(config)) = (meta.ttl, &ttl) {
+            if config.cleanup().compaction_filter {
+                self.store
+                    .ttl_filters()
+                    .enable(&meta.name, ttl_meta, meta.kind.shape());
+            }
+        }
         self.states.push(Registered {
+            ttl,
             meta: meta.clone(),
             codecs: Box::new(codecs),
             namespace: Box::new(namespace),
@@ -250,8 +284,7 @@ fn convert<T: 'static>(
     state: &str,
     role: &'static str,
 ) -> Result<Vec<u8>> {
-    let value = codec
-        .decode_written(written, bytes)
+    let value = state_api::state::ttl::decode_written(codec, written, bytes)
         .map_err(|e| codec_error(state, role, e))?;
     let mut out = Vec::new();
     codec
@@ -326,6 +359,28 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         self.current.as_ref().map(|_| self.current_group)
     }
 
+    fn clock(&self) -> &StateClock {
+        &self.clock
+    }
+
+    /// Deletes every expired entry (and trims every list) of the registered
+    /// states with TTL in one batch per state, then compacts their column
+    /// families, so the disk space is reclaimed too.
+    fn cleanup_expired(&mut self) -> Result<u64> {
+        self.store.check_open()?;
+        let now = self.clock.instant();
+        let mut removed = 0;
+        for s in &self.states {
+            if let Some(ttl) = s.meta.ttl {
+                removed +=
+                    self.store
+                        .purge_expired(&s.meta.name, ttl, s.meta.kind.shape(), &now)?;
+                self.store.compact(&s.meta.name)?;
+            }
+        }
+        Ok(removed)
+    }
+
     fn register_cell<N: Namespace, V: StateValue>(
         &mut self,
         spec: CellSpec<N, V>,
@@ -335,6 +390,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         let name = spec.meta.name.clone();
         let core = self.register(
             spec.meta,
+            spec.ttl.map(|t| t.config),
             &[compat],
             CellCodecs::<N, V> {
                 value: spec.value_codec,
@@ -356,6 +412,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         let db = self.store.db_name().to_string();
         let core = self.register(
             spec.meta,
+            spec.ttl.map(|t| t.config),
             &[compat],
             ListCodecs::<N, T> {
                 element: spec.element_codec,
@@ -392,6 +449,7 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         let name = spec.meta.name.clone();
         let core = self.register(
             spec.meta,
+            spec.ttl.map(|t| t.config),
             &[key_compat, value_compat],
             MapCodecs::<N, UK, UV> {
                 user_key: spec.user_key_codec,
@@ -768,12 +826,19 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
             states: metas,
             delta: false,
         };
+        let keep_expired: Vec<String> = self
+            .states
+            .iter()
+            .filter(|s| s.ttl.as_ref().is_some_and(|t| !t.cleanup().full_snapshot))
+            .map(|s| s.meta.name.clone())
+            .collect();
         snapshot::snapshot(
             &self.store,
             checkpoint_id,
             streams,
             options,
             meta,
+            (self.clock.instant(), keep_expired),
             &self.running,
             &self.uploads,
         )

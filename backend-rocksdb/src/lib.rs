@@ -60,6 +60,7 @@ pub mod options;
 mod restore;
 mod snapshot;
 pub mod store;
+mod ttl;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use crate::native;
 use crate::options::RocksOptions;
 use crate::snapshot::native_meta;
 use crate::store::RocksStore;
+use crate::ttl::TtlFilters;
 
 /// Opens a RocksDB instance in `folder` holding the key groups of
 /// `params.key_group_range` found in `restore`; returns the store and the
@@ -53,6 +54,7 @@ pub(crate) fn open_store<K: StateKey>(
         .filter(|&i| !natives[i].0.range.intersection(&own).is_empty())
         .max_by_key(|&i| natives[i].0.range.intersection(&own).len());
     let budget = options.memory.budget();
+    let filters = TtlFilters::new(params.clock.clone());
     // The largest list size restored (see `crate::list_bound`); `unknown`
     // when a checkpoint written before bounds were kept holds lists.
     let mut list_bound = 0u64;
@@ -65,7 +67,7 @@ pub(crate) fn open_store<K: StateKey>(
                 Some(bound) => list_bound = bound,
                 None => unknown |= holds_lists(b),
             }
-            let (inst, cache) = open_instance(folder, &options, budget.as_ref(), true)?;
+            let (inst, cache) = open_instance(folder, &options, budget.as_ref(), true, &filters)?;
             let keep = b.range.intersection(&own);
             if keep != b.source_range {
                 let names = b.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -73,10 +75,10 @@ pub(crate) fn open_store<K: StateKey>(
             }
             (inst, cache)
         }
-        None => open_instance(folder, &options, budget.as_ref(), false)?,
+        None => open_instance(folder, &options, budget.as_ref(), false, &filters)?,
     };
     let memory = budget.map(|b| b.join());
-    let store = RocksStore::new(inst, cache, options, memory, 0);
+    let store = RocksStore::new(inst, cache, options, memory, 0, filters);
     for (i, (n, file)) in natives.iter().enumerate() {
         if Some(i) != base {
             match merge_native(&store, n, file, i, own, plen)? {

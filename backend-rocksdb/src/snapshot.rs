@@ -13,6 +13,7 @@ use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
 use state_api::snapshot::{SnapshotKind, SnapshotOptions};
+use state_api::state::ttl::TtlInstant;
 use state_api::state::{StateMeta, StorageShape};
 use state_api::{Error, KeyGroupRange, Result};
 
@@ -25,12 +26,14 @@ use crate::store::{list_elements, RocksStore};
 /// laid out for `meta.max_parallelism`; the buffered writes must already be
 /// in RocksDB. The synchronous part runs here, the asynchronous
 /// part in the returned task.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn snapshot(
     store: &RocksStore,
     checkpoint_id: u64,
     streams: Arc<dyn CheckpointStreamFactory>,
     options: SnapshotOptions,
     meta: KeyedSnapshotMeta,
+    expiry: (TtlInstant, Vec<String>),
     running: &CancellationRegistry,
     uploads: &Arc<Mutex<Uploads>>,
 ) -> Result<SnapshotTask<Option<KeyedStateHandle>>> {
@@ -44,6 +47,8 @@ pub(crate) fn snapshot(
         let out = streams.create_stream(StreamScope::Exclusive)?;
         let mut writer =
             KeyedSnapshotWriter::new(out, meta.clone(), options.compression, checkpoint_id)?;
+        let (now, keep) = &expiry;
+        writer.drop_expired(*now, |name| !keep.iter().any(|k| k == name));
         snapshot.with_dependent(|inst, snap| -> Result<()> {
             let db = inst.name.as_str();
             let cfs = meta

@@ -50,6 +50,9 @@ use crate::list_bound::ListBounds;
 use crate::memory::BudgetMember;
 use crate::native::{self, CaptureGate};
 use crate::options::RocksOptions;
+use crate::ttl::TtlFilters;
+use state_api::state::ttl::{TtlInstant, TtlMeta};
+use state_api::state::StorageShape;
 
 /// The live instance of one keyed backend (see the module documentation).
 pub(crate) struct RocksStore {
@@ -81,6 +84,8 @@ pub(crate) struct RocksStore {
     list_bounds: RefCell<ListBounds>,
     /// Appends that had to read their list's size (near the limit).
     list_size_reads: Cell<u64>,
+    /// The TTL compaction filters of the column families.
+    ttl_filters: Arc<TtlFilters>,
 }
 
 /// Iterates the elements of a stored list value.
@@ -101,6 +106,7 @@ impl RocksStore {
         options: RocksOptions,
         memory: Option<BudgetMember>,
         list_bound: u64,
+        ttl_filters: Arc<TtlFilters>,
     ) -> Self {
         let mut buffer = WriteBuffer::default();
         if let Some(m) = &memory {
@@ -125,7 +131,64 @@ impl RocksStore {
             names: Vec::new(),
             list_bounds: RefCell::new(ListBounds::new(list_bound)),
             list_size_reads: Cell::new(0),
+            ttl_filters,
         }
+    }
+
+    /// The TTL compaction filters of the column families.
+    pub(crate) fn ttl_filters(&self) -> &TtlFilters {
+        &self.ttl_filters
+    }
+
+    /// Deletes the expired entries of a state with TTL and trims its lists
+    /// (at `now`), in one batch; returns the entries, list elements and map
+    /// entries removed. The disk space is reclaimed by the next compaction.
+    pub(crate) fn purge_expired(
+        &self,
+        cf_name: &str,
+        meta: TtlMeta,
+        shape: StorageShape,
+        now: &TtlInstant,
+    ) -> Result<u64> {
+        self.flush_buffer()?;
+        let cf = self.cf(cf_name)?;
+        let mut batch = WriteBatch::default();
+        let mut removed = 0;
+        let mut it = self.inst.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (action, n) = crate::ttl::purge(meta, shape, v, now, self.db_name())?;
+            match action {
+                None => {}
+                Some(None) => batch.delete_cf(&cf, k),
+                Some(Some(kept)) => batch.put_cf(&cf, k, kept),
+            }
+            removed += n;
+            it.next();
+        }
+        it.status()
+            .map_err(rocks_err(self.db_name(), "reading expired state"))?;
+        drop(it);
+        if !batch.is_empty() {
+            self.before_write(batch.size_in_bytes(), batch.len());
+            self.live(self.write_batch(batch, FailPoint::TtlCleanup, "removing expired state"))?;
+        }
+        Ok(removed)
+    }
+
+    /// Compacts a column family whole: its memtable is flushed and every
+    /// file rewritten, through the TTL filter, reclaiming the space of
+    /// deleted and expired entries. A pending checkpoint capture is taken
+    /// first, so the flush cannot reach its files.
+    pub(crate) fn compact(&self, cf_name: &str) -> Result<()> {
+        self.check_open()?;
+        self.flush_buffer()?;
+        self.gate.settle();
+        let cf = self.cf(cf_name)?;
+        self.inst
+            .db
+            .compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     /// The live instance.
@@ -203,7 +266,8 @@ impl RocksStore {
     pub(crate) fn create_cf(&self, name: &str) -> Result<()> {
         if self.inst.db.cf_handle(name).is_none() {
             let what = format!("creating column family '{name}'");
-            let opts = column_family_options(&self.options, &self.cache);
+            let mut opts = column_family_options(&self.options, &self.cache);
+            self.ttl_filters.install(&mut opts, name);
             self.live(self.engine_write(FailPoint::CreateColumnFamily, &what, || {
                 self.inst.db.create_cf(name, &opts)
             }))?;

@@ -189,6 +189,7 @@ pub fn record_meta(delta: bool) -> KeyedSnapshotMeta {
             StateKind::Map => vec![schema("uk"), schema("uv")],
             _ => vec![schema("v")],
         },
+        ttl: None,
     };
     KeyedSnapshotMeta {
         max_parallelism: 128,

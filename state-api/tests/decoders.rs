@@ -38,6 +38,7 @@ fn meta() -> KeyedSnapshotMeta {
         kind,
         namespace: schema("ns"),
         values,
+        ttl: None,
     };
     KeyedSnapshotMeta {
         max_parallelism: 16,

@@ -82,6 +82,7 @@ fn state(name: &str, kind: StateKind, values: &[(&str, u32)]) -> StateMeta {
             .iter()
             .map(|(n, v)| CodecSchema::new(*n, *v))
             .collect(),
+        ttl: None,
     }
 }
 

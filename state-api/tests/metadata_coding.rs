@@ -55,6 +55,7 @@ fn state_meta() -> impl Strategy<Value = StateMeta> {
             kind,
             namespace,
             values,
+            ttl: None,
         }
     })
 }

@@ -230,6 +230,23 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
             .map(|(k, v)| (k, v))
     }
 
+    /// Number of shards (a power of two, or 0 while the map never held an
+    /// entry).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The entries of shard `shard` (none past the last shard), in the
+    /// shard's order: removing entries keeps the others' order, so a walk
+    /// can resume at an offset.
+    pub fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards
+            .get(shard)
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .map(|(k, v)| (k, v))
+    }
+
     /// Every key, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
         self.iter().map(|(k, _)| k)

@@ -29,6 +29,7 @@ use state_api::snapshot::{SnapshotKind, SnapshotOptions};
 use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
 };
+use state_api::state::ttl::StateClock;
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue};
 use state_api::{Error, KeyGroupRange, Result};
 
@@ -58,6 +59,10 @@ pub struct HeapKeyedStateBackend<K: StateKey> {
     running: CancellationRegistry,
     closed: bool,
     incremental: Option<Incremental>,
+    /// The clock TTL is measured against.
+    clock: StateClock,
+    /// States whose TTL cleans up per record: (state index, entries per step).
+    per_record_cleanup: Vec<(usize, usize)>,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -88,6 +93,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             params.max_parallelism,
             params.key_group_range,
         )?;
+        let clock = params.clock.clone();
         let store = HeapStore::new(params, restore, options.incremental.is_some())?;
         let id = next_backend_instance_id();
         Ok(HeapKeyedStateBackend {
@@ -101,7 +107,35 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             running: CancellationRegistry::default(),
             closed: false,
             incremental: options.incremental.map(Incremental::new),
+            clock,
+            per_record_cleanup: Vec::new(),
         })
+    }
+
+    /// Notes a newly registered state's per-record TTL cleanup.
+    fn registered(&mut self, core: &HandleCore) {
+        let index = core.index();
+        let per_record = self.store.states.get(index).and_then(|s| {
+            let incremental = s.ttl.as_ref()?.cleanup().incremental?;
+            incremental
+                .per_record
+                .then_some((index, incremental.entries_per_access))
+        });
+        if let Some(p) = per_record {
+            if !self.per_record_cleanup.contains(&p) {
+                self.per_record_cleanup.push(p);
+            }
+        }
+    }
+
+    #[cold]
+    fn cleanup_per_record(&mut self) {
+        let now = self.clock.instant();
+        for &(index, budget) in &self.per_record_cleanup {
+            if let Some(s) = self.store.states.get_mut(index) {
+                s.table.cleanup_expired(Some(budget), &now);
+            }
+        }
     }
 
     /// Whether incremental checkpoints are on.
@@ -192,7 +226,33 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         self.current = Some(key);
         self.current_group = group;
         self.current_index = index;
+        if !self.per_record_cleanup.is_empty() {
+            self.cleanup_per_record();
+        }
         Ok(())
+    }
+
+    fn clock(&self) -> &StateClock {
+        &self.clock
+    }
+
+    fn cleanup_expired(&mut self) -> Result<u64> {
+        self.check_open()?;
+        let now = self.clock.instant();
+        Ok(self
+            .store
+            .states
+            .iter_mut()
+            .map(|s| s.table.cleanup_expired(None, &now))
+            .sum())
+    }
+
+    fn cleanup_expired_step(&mut self, state: &HandleCore, budget: usize) -> Result<u64> {
+        self.entry(state)?;
+        let now = self.clock.instant();
+        Ok(self.store.states[state.index()]
+            .table
+            .cleanup_expired(Some(budget), &now))
     }
 
     fn current_key(&self) -> Option<&K> {
@@ -209,6 +269,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     ) -> Result<CellHandle<N, V>> {
         self.check_open()?;
         let core = self.store.register_cell(self.id, spec)?;
+        self.registered(&core);
         Ok(CellHandle::new(core))
     }
 
@@ -218,6 +279,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     ) -> Result<ListHandle<N, T>> {
         self.check_open()?;
         let core = self.store.register_list(self.id, spec)?;
+        self.registered(&core);
         Ok(ListHandle::new(core))
     }
 
@@ -227,6 +289,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
     ) -> Result<MapHandle<N, UK, UV>> {
         self.check_open()?;
         let core = self.store.register_map(self.id, spec)?;
+        self.registered(&core);
         Ok(MapHandle::new(core))
     }
 
@@ -531,7 +594,7 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         }
         // The synchronous part: share every table's key-group maps (one
         // reference count per key group) and the restored bytes; copy nothing.
-        let full = self.store.snapshot_parts();
+        let full = self.store.snapshot_parts(self.clock.instant());
         match (&mut self.incremental, options.kind) {
             (Some(inc), SnapshotKind::Checkpoint) => {
                 let period = self.store.take_changes();

@@ -30,9 +30,12 @@ impl<K: StateKey> HeapStore<K> {
         let compat = value_compatibility(&spec.value_codec, self.pending(), &spec.meta.name, 0);
         let codec = spec.value_codec;
         let name = spec.meta.name.clone();
+        let ttl_meta = spec.meta.ttl;
+        let timestamp = spec.ttl.as_ref().map(|t| t.timestamp);
         self.register(
             backend,
             spec.meta,
+            spec.ttl.map(|t| t.config),
             &[compat],
             &spec.namespace_codec,
             |groups| {
@@ -40,8 +43,9 @@ impl<K: StateKey> HeapStore<K> {
                     &name,
                     groups,
                     spec.namespace_codec.clone(),
-                    CellCodec(codec.clone()),
+                    CellCodec(codec.clone(), timestamp),
                 )
+                .with_ttl(ttl_meta)
             },
             |table, index, entry, body, written| {
                 match body {
@@ -75,9 +79,12 @@ impl<K: StateKey> HeapStore<K> {
         let compat = value_compatibility(&spec.element_codec, self.pending(), &spec.meta.name, 0);
         let codec = spec.element_codec;
         let name = spec.meta.name.clone();
+        let ttl_meta = spec.meta.ttl;
+        let timestamp = spec.ttl.as_ref().map(|t| t.timestamp);
         self.register(
             backend,
             spec.meta,
+            spec.ttl.map(|t| t.config),
             &[compat],
             &spec.namespace_codec,
             |groups| {
@@ -85,8 +92,9 @@ impl<K: StateKey> HeapStore<K> {
                     &name,
                     groups,
                     spec.namespace_codec.clone(),
-                    ListCodec(codec.clone()),
+                    ListCodec(codec.clone(), timestamp),
                 )
+                .with_ttl(ttl_meta)
             },
             |table, index, entry, body, written| {
                 if let RecordBody::List(elements) = body {
@@ -131,9 +139,12 @@ impl<K: StateKey> HeapStore<K> {
         ));
         let value_compat = value_compatibility(&spec.user_value_codec, self.pending(), &name, 1);
         let (uk_codec, uv_codec) = (spec.user_key_codec, spec.user_value_codec);
+        let ttl_meta = spec.meta.ttl;
+        let timestamp = spec.ttl.as_ref().map(|t| t.timestamp);
         self.register(
             backend,
             spec.meta,
+            spec.ttl.map(|t| t.config),
             &[key_compat, value_compat],
             &spec.namespace_codec,
             |groups| {
@@ -141,8 +152,9 @@ impl<K: StateKey> HeapStore<K> {
                     &name,
                     groups,
                     spec.namespace_codec.clone(),
-                    MapCodec(uk_codec.clone(), uv_codec.clone()),
+                    MapCodec(uk_codec.clone(), uv_codec.clone(), timestamp),
                 )
+                .with_ttl(ttl_meta)
             },
             |table, index, entry, body, written| {
                 let RecordBody::MapEntry { key: uk, value: uv } = body else {

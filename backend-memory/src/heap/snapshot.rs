@@ -15,6 +15,7 @@ use state_api::snapshot::handle::{
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
 use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
 use state_api::snapshot::SnapshotOptions;
+use state_api::state::ttl::TtlInstant;
 use state_api::state::StateKey;
 use state_api::Result;
 
@@ -63,6 +64,9 @@ pub(crate) struct SnapshotParts<K: StateKey> {
     pub(crate) pending: Option<PendingSnapshot>,
     pub(crate) meta: KeyedSnapshotMeta,
     pub(crate) key_codec: SharedCodec<K>,
+    /// The time expired entries are judged at in full files, and the states
+    /// with TTL whose expired entries are kept.
+    pub(crate) expiry: (TtlInstant, Vec<String>),
 }
 
 impl<K: StateKey> SnapshotParts<K> {
@@ -76,6 +80,8 @@ impl<K: StateKey> SnapshotParts<K> {
     ) -> Result<KeyGroupsStateHandle> {
         let mut writer =
             KeyedSnapshotWriter::new(out, self.meta.clone(), options.compression, checkpoint_id)?;
+        let (now, keep) = &self.expiry;
+        writer.drop_expired(*now, |name| !keep.iter().any(|k| k == name));
         let mut scratch = Scratch::default();
         for (index, kg) in self.meta.range.iter().enumerate() {
             cancel.check("keyed state snapshot")?;

@@ -14,6 +14,7 @@ use state_api::codec::{Compatibility, SharedCodec};
 use state_api::format::keyed::{KeyedSnapshotMeta, RecordBody};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::state::handle::HandleCore;
+use state_api::state::ttl::{StateTtlConfig, TtlInstant};
 use state_api::state::{Namespace, StateKey, StateMeta};
 use state_api::{Error, KeyGroupRange, Result};
 
@@ -25,6 +26,8 @@ use super::table::{codec_error, EntryKey, ErasedTable};
 pub(crate) struct Registered<K> {
     pub(crate) meta: StateMeta,
     pub(crate) table: Box<dyn ErasedTable<K>>,
+    /// Its time-to-live, with the cleanup strategies.
+    pub(crate) ttl: Option<StateTtlConfig>,
 }
 
 /// The tables of one keyed backend (see the module docs).
@@ -118,10 +121,12 @@ impl<K: StateKey> HeapStore<K> {
     ///
     /// `insert` adds one restored record, with its key and namespace decoded,
     /// to the table at a key-group index.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn register<N: Namespace, T: ErasedTable<K> + 'static>(
         &mut self,
         backend: u64,
         meta: StateMeta,
+        ttl: Option<StateTtlConfig>,
         compat: &[Compatibility],
         namespace_codec: &SharedCodec<N>,
         make: impl FnOnce(usize) -> T,
@@ -172,12 +177,15 @@ impl<K: StateKey> HeapStore<K> {
         self.states.push(Registered {
             meta: meta.clone(),
             table: Box::new(table),
+            ttl,
         });
         Ok(HandleCore::new(backend, i as u32, &meta.name))
     }
 
     /// The synchronous part of a full snapshot.
-    pub(crate) fn snapshot_parts(&self) -> SnapshotParts<K> {
+    /// Expired entries (at `now`) of states with TTL are left out of full
+    /// files, unless a state's TTL turns that cleanup off.
+    pub(crate) fn snapshot_parts(&self, now: TtlInstant) -> SnapshotParts<K> {
         let tables: Vec<_> = self.states.iter().map(|s| s.table.snapshot()).collect();
         let mut metas: Vec<StateMeta> = self.states.iter().map(|s| s.meta.clone()).collect();
         let pending = match &self.restored {
@@ -193,9 +201,16 @@ impl<K: StateKey> HeapStore<K> {
             }
             _ => None,
         };
+        let keep_expired: Vec<String> = self
+            .states
+            .iter()
+            .filter(|s| s.ttl.as_ref().is_some_and(|t| !t.cleanup().full_snapshot))
+            .map(|s| s.meta.name.clone())
+            .collect();
         SnapshotParts {
             tables,
             pending,
+            expiry: (now, keep_expired),
             meta: KeyedSnapshotMeta {
                 max_parallelism: self.max_parallelism,
                 range: self.range,

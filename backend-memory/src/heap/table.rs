@@ -17,6 +17,7 @@ use super::cow_map::CowMap;
 use state_api::codec::{Codec, SharedCodec};
 use state_api::format::bytes::put_bytes;
 use state_api::format::keyed::KeyedSnapshotWriter;
+use state_api::state::ttl::{TtlInstant, TtlMeta};
 use state_api::state::{Namespace, StateKey, StateValue};
 use state_api::Result;
 
@@ -65,7 +66,29 @@ pub trait ShapeCodec<S>: Send + Sync + 'static {
     fn replaces_entry(&self) -> bool {
         true
     }
+
+    /// What TTL cleanup does with a stored value, given which timestamps
+    /// expired, and how many entries (list elements, map entries) that
+    /// removes. States without TTL keep everything (the default).
+    fn purge(&self, value: &S, expired: &dyn Fn(i64) -> bool) -> (Purge<S>, u64) {
+        let _ = (value, expired);
+        (Purge::Keep, 0)
+    }
 }
+
+/// What TTL cleanup does with one (key, namespace) entry.
+pub enum Purge<S> {
+    /// Nothing expired.
+    Keep,
+    /// Everything expired: the entry goes.
+    Remove,
+    /// Some list elements or map entries expired: the rest stays.
+    Replace(S),
+}
+
+/// The TTL timestamp of a stored value (cell value, list element, map user
+/// value), for states with TTL.
+pub type TimestampFn<V> = Option<fn(&V) -> i64>;
 
 /// Reusable encoding buffers of a snapshot writer.
 #[derive(Default)]
@@ -96,7 +119,7 @@ pub(crate) fn encode_into<T: 'static>(
 }
 
 /// Cells: one value per entry.
-pub struct CellCodec<V>(pub SharedCodec<V>);
+pub struct CellCodec<V>(pub SharedCodec<V>, pub TimestampFn<V>);
 
 impl<V: StateValue> ShapeCodec<V> for CellCodec<V> {
     fn write(
@@ -110,13 +133,20 @@ impl<V: StateValue> ShapeCodec<V> for CellCodec<V> {
         encode_into(&*self.0, value, &mut scratch.value, name, "value")?;
         writer.write_cell(state, &scratch.key, &scratch.namespace, &scratch.value)
     }
+
+    fn purge(&self, value: &V, expired: &dyn Fn(i64) -> bool) -> (Purge<V>, u64) {
+        match self.1 {
+            Some(ts) if expired(ts(value)) => (Purge::Remove, 1),
+            _ => (Purge::Keep, 0),
+        }
+    }
 }
 
 /// Lists: shared vectors, copied on write only while a snapshot holds them.
 pub type ListValue<T> = Arc<Vec<T>>;
 
 /// Lists: all elements in one record.
-pub struct ListCodec<T>(pub SharedCodec<T>);
+pub struct ListCodec<T>(pub SharedCodec<T>, pub TimestampFn<T>);
 
 impl<T: StateValue> ShapeCodec<ListValue<T>> for ListCodec<T> {
     fn write(
@@ -140,6 +170,27 @@ impl<T: StateValue> ShapeCodec<ListValue<T>> for ListCodec<T> {
             &scratch.value,
         )
     }
+
+    fn purge(
+        &self,
+        value: &ListValue<T>,
+        expired: &dyn Fn(i64) -> bool,
+    ) -> (Purge<ListValue<T>>, u64) {
+        let Some(ts) = self.1 else {
+            return (Purge::Keep, 0);
+        };
+        let n = value.iter().filter(|e| expired(ts(e))).count();
+        let purge = if n == 0 {
+            Purge::Keep
+        } else if n == value.len() {
+            Purge::Remove
+        } else {
+            Purge::Replace(Arc::new(
+                value.iter().filter(|e| !expired(ts(e))).cloned().collect(),
+            ))
+        };
+        (purge, n as u64)
+    }
 }
 
 /// Maps: a persistent map per entry, so a snapshot shares it too.
@@ -147,11 +198,43 @@ pub type MapValue<UK, UV> =
     imbl::GenericHashMap<UK, UV, TableHasher, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// Maps: one record per user entry.
-pub struct MapCodec<UK, UV>(pub SharedCodec<UK>, pub SharedCodec<UV>);
+pub struct MapCodec<UK, UV>(
+    pub SharedCodec<UK>,
+    pub SharedCodec<UV>,
+    pub TimestampFn<UV>,
+);
 
 impl<UK: StateKey, UV: StateValue> ShapeCodec<MapValue<UK, UV>> for MapCodec<UK, UV> {
     fn replaces_entry(&self) -> bool {
         false
+    }
+
+    fn purge(
+        &self,
+        value: &MapValue<UK, UV>,
+        expired: &dyn Fn(i64) -> bool,
+    ) -> (Purge<MapValue<UK, UV>>, u64) {
+        let Some(ts) = self.2 else {
+            return (Purge::Keep, 0);
+        };
+        let gone: Vec<&UK> = value
+            .iter()
+            .filter(|(_, v)| expired(ts(v)))
+            .map(|(k, _)| k)
+            .collect();
+        let n = gone.len() as u64;
+        let purge = if gone.is_empty() {
+            Purge::Keep
+        } else if gone.len() == value.len() {
+            Purge::Remove
+        } else {
+            let mut kept = value.clone();
+            for k in gone {
+                kept.remove(k);
+            }
+            Purge::Replace(kept)
+        };
+        (purge, n)
     }
 
     fn write(
@@ -186,6 +269,11 @@ pub struct StateTable<K, N, S, C> {
     /// Entries written since the last snapshot, per key group; `None` unless
     /// incremental snapshots are on.
     pub(crate) dirty: Option<DirtySets<K, N>>,
+    /// The state's TTL, if it has one.
+    pub(crate) ttl: Option<TtlMeta>,
+    /// Where incremental TTL cleanup resumes: key-group index, shard, offset
+    /// in the shard.
+    cursor: (usize, usize, usize),
 }
 
 /// The (key, namespace) entries changed in a period, per key group.
@@ -209,7 +297,65 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> StateTable<K, N
             namespace_codec,
             codec: Arc::new(codec),
             dirty: None,
+            ttl: None,
+            cursor: (0, 0, 0),
         }
+    }
+
+    /// The same table for a state with TTL.
+    pub fn with_ttl(mut self, ttl: Option<TtlMeta>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Applies TTL cleanup decisions to the key group at `index`; returns
+    /// the entries (list elements, map entries) removed and the (key,
+    /// namespace) entries that went entirely.
+    fn apply(
+        &mut self,
+        index: usize,
+        decisions: Vec<(EntryKey<K, N>, Purge<S>, u64)>,
+    ) -> (u64, usize) {
+        let mut removed = 0;
+        let mut gone = 0;
+        for (entry, purge, n) in decisions {
+            self.touch(index, &entry.0, &entry.1);
+            removed += n;
+            match purge {
+                Purge::Keep => {}
+                Purge::Remove => {
+                    self.groups[index].remove(&entry);
+                    gone += 1;
+                }
+                Purge::Replace(value) => {
+                    self.groups[index].insert(entry, value);
+                }
+            }
+        }
+        (removed, gone)
+    }
+
+    /// The cleanup decisions of some entries.
+    fn decide<'a>(
+        codec: &C,
+        entries: impl Iterator<Item = (&'a EntryKey<K, N>, &'a S)>,
+        expired: &dyn Fn(i64) -> bool,
+        checked: &mut usize,
+    ) -> Vec<(EntryKey<K, N>, Purge<S>, u64)>
+    where
+        K: 'a,
+        N: 'a,
+        S: 'a,
+    {
+        let mut decisions = Vec::new();
+        for (entry, value) in entries {
+            *checked += 1;
+            let (purge, n) = codec.purge(value, expired);
+            if !matches!(purge, Purge::Keep) {
+                decisions.push((entry.clone(), purge, n));
+            }
+        }
+        decisions
     }
 
     /// Records that (key, namespace) of the key group at `index` changed.
@@ -245,6 +391,11 @@ pub trait ErasedTable<K>: Any + Send {
     /// Hands over the changes recorded since the last call (a
     /// `DirtySets<K, N>`), and starts a new period.
     fn take_changes(&mut self) -> Option<Arc<dyn Any + Send + Sync>>;
+    /// Removes expired entries of a state with TTL at `now`: all of them
+    /// (`budget` `None`), or those among the next `budget` entries from where
+    /// the last call stopped. Returns how many entries, list elements and map
+    /// entries were removed (0 for a state without TTL).
+    fn cleanup_expired(&mut self, budget: Option<usize>, now: &TtlInstant) -> u64;
 }
 
 /// The asynchronous part's view of a table snapshot.
@@ -321,6 +472,55 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTable<K>
         let n = self.groups.len();
         let taken = std::mem::replace(self.dirty.as_mut()?, empty_dirty(n));
         Some(Arc::new(taken))
+    }
+
+    fn cleanup_expired(&mut self, budget: Option<usize>, now: &TtlInstant) -> u64 {
+        let Some(ttl) = self.ttl else {
+            return 0;
+        };
+        let now = now.get(ttl.time_domain);
+        let expired = move |ts: i64| ttl.is_expired(ts, now);
+        let codec = self.codec.clone();
+        let mut removed = 0;
+        let Some(budget) = budget else {
+            for index in 0..self.groups.len() {
+                let decisions = Self::decide(&codec, self.groups[index].iter(), &expired, &mut 0);
+                removed += self.apply(index, decisions).0;
+            }
+            return removed;
+        };
+        // Walk on from the cursor: at most `budget` entries, and a bounded
+        // number of moves over empty key groups and shards.
+        let mut left = budget;
+        let mut moves = budget.saturating_mul(4).max(16);
+        while left > 0 && moves > 0 {
+            moves -= 1;
+            let (g, shard, offset) = self.cursor;
+            let Some(group) = self.groups.get(g) else {
+                self.cursor = (0, 0, 0);
+                continue;
+            };
+            if shard >= group.shard_count() {
+                self.cursor = (g + 1, 0, 0);
+                continue;
+            }
+            let mut checked = 0;
+            let decisions = Self::decide(
+                &codec,
+                group.shard_iter(shard).skip(offset).take(left),
+                &expired,
+                &mut checked,
+            );
+            let (n, gone) = self.apply(g, decisions);
+            removed += n;
+            self.cursor = if checked < left {
+                (g, shard + 1, 0)
+            } else {
+                (g, shard, offset + checked - gone)
+            };
+            left -= checked;
+        }
+        removed
     }
 }
 
@@ -415,7 +615,7 @@ mod tests {
     type Table = StateTable<u64, (), i64, CellCodec<i64>>;
 
     fn table() -> Table {
-        let mut t = Table::new("t", 4, postcard::<()>(), CellCodec(postcard::<i64>()));
+        let mut t = Table::new("t", 4, postcard::<()>(), CellCodec(postcard::<i64>(), None));
         for k in 0..1_000u64 {
             t.groups[(k % 4) as usize].insert(EntryKey(k, ()), k as i64);
         }

@@ -24,8 +24,28 @@ use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::stream::CheckpointStreamFactory;
 use crate::snapshot::task::SnapshotTask;
 use crate::snapshot::SnapshotOptions;
-use crate::state::handle::{CellHandle, ListHandle, MapHandle, StateHandle};
+use crate::state::handle::{CellHandle, HandleCore, ListHandle, MapHandle, StateHandle};
+use crate::state::ttl::{StateClock, StateTtlConfig};
 use crate::state::{Namespace, StateKey, StateMeta, StateValue};
+
+/// What a backend needs to reclaim the expired entries of a state with
+/// time-to-live (see [`crate::state::ttl`]). Its stored values (cells, list
+/// elements, map user values) are [`crate::state::ttl::TtlValue`]s.
+pub struct TtlSpec<V> {
+    /// The state's TTL, with its cleanup strategies.
+    pub config: StateTtlConfig,
+    /// The timestamp of a stored value.
+    pub timestamp: fn(&V) -> i64,
+}
+
+impl<V> Clone for TtlSpec<V> {
+    fn clone(&self) -> Self {
+        TtlSpec {
+            config: self.config.clone(),
+            timestamp: self.timestamp,
+        }
+    }
+}
 
 /// What registering a cell-shaped state needs.
 pub struct CellSpec<N, V> {
@@ -35,6 +55,8 @@ pub struct CellSpec<N, V> {
     pub namespace_codec: SharedCodec<N>,
     /// The value codec.
     pub value_codec: SharedCodec<V>,
+    /// The state's TTL, if it has one.
+    pub ttl: Option<TtlSpec<V>>,
 }
 
 /// What registering a list-shaped state needs.
@@ -45,6 +67,8 @@ pub struct ListSpec<N, T> {
     pub namespace_codec: SharedCodec<N>,
     /// The element codec.
     pub element_codec: SharedCodec<T>,
+    /// The state's TTL (per element), if it has one.
+    pub ttl: Option<TtlSpec<T>>,
 }
 
 /// What registering a map-shaped state needs.
@@ -57,6 +81,8 @@ pub struct MapSpec<N, UK, UV> {
     pub user_key_codec: SharedCodec<UK>,
     /// The user value codec.
     pub user_value_codec: SharedCodec<UV>,
+    /// The state's TTL (per user entry), if it has one.
+    pub ttl: Option<TtlSpec<UV>>,
 }
 
 /// The keyed state of one subtask.
@@ -80,6 +106,28 @@ pub trait KeyedStateBackend: Send + Sized {
 
     /// The current key's group, if a key is set.
     fn current_key_group(&self) -> Option<u32>;
+
+    /// The clock state time-to-live is measured against (the one given in
+    /// [`crate::backend::KeyedBackendParams`]). The engine advances its
+    /// watermark for event-time TTL.
+    fn clock(&self) -> &StateClock;
+
+    /// Removes every expired entry (list element, map entry) of every
+    /// registered state with a time-to-live, now, whatever its cleanup
+    /// strategies, and returns how many were removed. The heap backends scan
+    /// their tables; the RocksDB backend compacts the states' column families
+    /// through its TTL compaction filter, reclaiming the disk space too.
+    fn cleanup_expired(&mut self) -> Result<u64>;
+
+    /// One step of incremental TTL cleanup for `state`: checks up to
+    /// `budget` more entries, resuming where the last step stopped, and
+    /// removes the expired ones; returns how many were removed. Called by
+    /// the typed states after each access of a state whose TTL asks for it.
+    /// The default (backends that reclaim otherwise) does nothing.
+    fn cleanup_expired_step(&mut self, state: &HandleCore, budget: usize) -> Result<u64> {
+        let _ = (state, budget);
+        Ok(0)
+    }
 
     /// Registers (or returns the existing) cell-shaped state. Registering a
     /// name again with another kind, other types or another codec schema fails

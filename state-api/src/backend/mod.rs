@@ -15,6 +15,7 @@ use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use crate::snapshot::stream::CheckpointStreamFactory;
 use crate::snapshot::task::SnapshotTask;
 use crate::snapshot::SnapshotOptions;
+use crate::state::ttl::StateClock;
 use crate::state::StateKey;
 use keyed::KeyedStateBackend;
 use operator::DefaultOperatorStateBackend;
@@ -27,6 +28,9 @@ pub struct KeyedBackendParams<K> {
     pub key_group_range: KeyGroupRange,
     /// The codec of keys; its bytes decide each key's group.
     pub key_codec: SharedCodec<K>,
+    /// The clock state time-to-live is measured against (the system clock
+    /// and no watermark unless set with [`KeyedBackendParams::with_clock`]).
+    pub clock: StateClock,
 }
 
 impl<K> Clone for KeyedBackendParams<K> {
@@ -35,6 +39,7 @@ impl<K> Clone for KeyedBackendParams<K> {
             max_parallelism: self.max_parallelism,
             key_group_range: self.key_group_range,
             key_codec: self.key_codec.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -52,7 +57,15 @@ impl<K> KeyedBackendParams<K> {
             max_parallelism,
             key_group_range: KeyGroupRange::for_operator(max_parallelism, parallelism, index)?,
             key_codec,
+            clock: StateClock::default(),
         })
+    }
+
+    /// The same parameters with `clock` for state time-to-live (a manual
+    /// clock in tests; a clone kept by the engine to advance the watermark).
+    pub fn with_clock(mut self, clock: StateClock) -> Self {
+        self.clock = clock;
+        self
     }
 }
 

@@ -99,7 +99,9 @@ pub fn value_compatibility<T: 'static>(
         .iter()
         .find(|m| m.name == name)
         .and_then(|m| m.values.get(role))
-        .map_or(Compatibility::AsIs, |w| codec.compatibility(w))
+        .map_or(Compatibility::AsIs, |w| {
+            crate::state::ttl::compatibility(&**codec, w)
+        })
 }
 
 /// Map user keys are part of an entry's identity: only an as-is codec reads them.
@@ -120,7 +122,9 @@ pub fn decode_restored<T: 'static>(
     role: &'static str,
 ) -> Result<T> {
     match compat {
-        Compatibility::AfterMigration => codec.decode_written(written, bytes),
+        Compatibility::AfterMigration => {
+            crate::state::ttl::decode_written(&**codec, written, bytes)
+        }
         _ => codec.decode(bytes),
     }
     .map_err(|e| codec_error(state, role, e))

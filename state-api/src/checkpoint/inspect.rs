@@ -1630,18 +1630,21 @@ mod tests {
                 kind: StateKind::Value,
                 namespace: ns.clone(),
                 values: vec![schema("postcard:u64", 1)],
+                ttl: None,
             },
             StateMeta {
                 name: "events".into(),
                 kind: StateKind::List,
                 namespace: ns.clone(),
                 values: vec![schema("postcard:String", 1)],
+                ttl: None,
             },
             StateMeta {
                 name: "attrs".into(),
                 kind: StateKind::Map,
                 namespace: ns,
                 values: vec![schema("postcard:u32", 1), schema("postcard:String", 2)],
+                ttl: None,
             },
         ]
     }

@@ -35,8 +35,9 @@ pub const METADATA_MAGIC: [u8; 4] = *b"SMET";
 /// The metadata format version this build writes.
 pub const METADATA_FORMAT_VERSION: u16 = FormatVersion::CURRENT.number();
 /// Metadata versions this build reads: 1 (postcard payload, read by a frozen
-/// decoder) and 2 (explicit encoding, header CRC).
-pub const METADATA_SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+/// decoder), 2 (explicit encoding, header CRC) and 3 (state metas of native
+/// handles end with their time-to-live).
+pub const METADATA_SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 
 pub use crate::snapshot::SnapshotKind;
 
@@ -256,8 +257,12 @@ pub fn decode_metadata(name: &str, bytes: &[u8]) -> Result<CheckpointMetadata> {
     let payload_at = frame_at + FRAME_HEADER_LEN as u64;
     match envelope.version {
         FormatVersion::V1 => crate::format::metadata_v1::decode(name, payload_at, &payload),
-        FormatVersion::V2 => {
-            CheckpointMetadata::decode_exact(&payload, name, payload_at, "the checkpoint metadata")
-        }
+        v @ (FormatVersion::V2 | FormatVersion::V3) => CheckpointMetadata::decode_exact_version(
+            &payload,
+            name,
+            payload_at,
+            "the checkpoint metadata",
+            v.number(),
+        ),
     }
 }

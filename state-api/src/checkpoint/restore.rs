@@ -122,6 +122,7 @@ impl SubtaskSpec {
             max_parallelism: self.max_parallelism,
             key_group_range: self.key_group_range(),
             key_codec,
+            clock: Default::default(),
         }
     }
 }

@@ -589,8 +589,13 @@ impl RangedReader {
         ]);
         let frame = read_at(meta_at, FRAME_HEADER_LEN + stored as usize)?;
         let (payload, _) = decode_frame(&name, &frame, 0)?;
-        let mut meta =
-            KeyedSnapshotMeta::decode_exact(&payload, &name, meta_at, "the keyed snapshot meta")?;
+        let mut meta = KeyedSnapshotMeta::decode_exact_version(
+            &payload,
+            &name,
+            meta_at,
+            "the keyed snapshot meta",
+            version,
+        )?;
         meta.delta = flags & FLAG_DELTA != 0;
         if piece.max_parallelism != meta.max_parallelism
             || piece.offsets.len() != piece.range.len() + 1

@@ -39,17 +39,32 @@ pub struct ByteReader<'a> {
     pos: usize,
     file: &'a str,
     base: u64,
+    format_version: u16,
 }
 
 impl<'a> ByteReader<'a> {
-    /// Reads `buf`, which starts at absolute offset `base` of `file`.
+    /// Reads `buf`, which starts at absolute offset `base` of `file`, as
+    /// written by the current format version.
     pub fn new(buf: &'a [u8], file: &'a str, base: u64) -> Self {
         ByteReader {
             buf,
             pos: 0,
             file,
             base,
+            format_version: super::FormatVersion::CURRENT.number(),
         }
+    }
+
+    /// The same reader for bytes written by format version `version` (the
+    /// file header's), for structures whose layout depends on it.
+    pub fn with_format_version(mut self, version: u16) -> Self {
+        self.format_version = version;
+        self
+    }
+
+    /// The format version the bytes were written by.
+    pub fn format_version(&self) -> u16 {
+        self.format_version
     }
 
     /// Absolute offset of the next byte.

@@ -25,12 +25,23 @@
 //! StateMeta      str name | u8 kind tag | CodecSchema namespace
 //!                | varint n | CodecSchema values ...  (n = 1 for value, list, reducing,
 //!                                                      aggregating; 2 for map)
+//!                | Ttl                                 (format version 3 on)
+//! Ttl            u8 0                                  no time-to-live
+//!                | u8 1 | u64 ttl_millis (1..=i64::MAX) | u8 update type
+//!                  (1 on create and write, 2 on read and write) | u8 visibility
+//!                  (1 never return expired, 2 return expired if not cleaned up)
+//!                  | u8 time domain (1 processing time, 2 event time)
 //! ```
+//!
+//! A structure whose layout depends on the format version reads the version
+//! from its [`ByteReader`] ([`ByteReader::format_version`]).
 
 use super::bytes::{put_schema, put_str, put_varint, ByteReader};
+use super::FormatVersion;
 use crate::codec::CodecSchema;
 use crate::error::Result;
 use crate::key_group::KeyGroupRange;
+use crate::state::ttl::{TtlMeta, TtlTimeDomain, TtlUpdateType, TtlVisibility};
 use crate::state::{StateKind, StateMeta, StorageShape};
 
 /// A structure with a hand-written, versioned byte encoding.
@@ -56,7 +67,18 @@ pub trait Decode: Sized {
     /// Reads one value that must span all of `bytes` (which start at offset
     /// `base` of `file`).
     fn decode_exact(bytes: &[u8], file: &str, base: u64, what: &str) -> Result<Self> {
-        let mut r = ByteReader::new(bytes, file, base);
+        Self::decode_exact_version(bytes, file, base, what, FormatVersion::CURRENT.number())
+    }
+
+    /// [`Decode::decode_exact`] of bytes written by format version `version`.
+    fn decode_exact_version(
+        bytes: &[u8],
+        file: &str,
+        base: u64,
+        what: &str,
+        version: u16,
+    ) -> Result<Self> {
+        let mut r = ByteReader::new(bytes, file, base).with_format_version(version);
         let value = Self::decode_from(&mut r)?;
         r.finish(what)?;
         Ok(value)
@@ -131,7 +153,65 @@ impl Encode for StateMeta {
         put_str(out, &self.name);
         out.push(self.kind.tag());
         put_schema(out, &self.namespace);
-        put_seq(out, &self.values)
+        put_seq(out, &self.values)?;
+        match &self.ttl {
+            None => out.push(TTL_NONE),
+            Some(ttl) => {
+                out.push(TTL_SOME);
+                out.extend_from_slice(&ttl.ttl_millis.to_le_bytes());
+                out.push(match ttl.update_type {
+                    TtlUpdateType::OnCreateAndWrite => 1,
+                    TtlUpdateType::OnReadAndWrite => 2,
+                });
+                out.push(match ttl.visibility {
+                    TtlVisibility::NeverReturnExpired => 1,
+                    TtlVisibility::ReturnExpiredIfNotCleanedUp => 2,
+                });
+                out.push(match ttl.time_domain {
+                    TtlTimeDomain::ProcessingTime => 1,
+                    TtlTimeDomain::EventTime => 2,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+const TTL_NONE: u8 = 0;
+const TTL_SOME: u8 = 1;
+
+/// The TTL section of a state meta (format version 3 on).
+fn decode_ttl(r: &mut ByteReader<'_>) -> Result<Option<TtlMeta>> {
+    match r.u8()? {
+        TTL_NONE => Ok(None),
+        TTL_SOME => {
+            let ttl_millis = r.u64()?;
+            if ttl_millis == 0 || ttl_millis > i64::MAX as u64 {
+                return Err(r.corrupted(format!("time-to-live of {ttl_millis} ms")));
+            }
+            let update_type = match r.u8()? {
+                1 => TtlUpdateType::OnCreateAndWrite,
+                2 => TtlUpdateType::OnReadAndWrite,
+                t => return Err(r.corrupted(format!("unknown TTL update type {t}"))),
+            };
+            let visibility = match r.u8()? {
+                1 => TtlVisibility::NeverReturnExpired,
+                2 => TtlVisibility::ReturnExpiredIfNotCleanedUp,
+                t => return Err(r.corrupted(format!("unknown TTL visibility {t}"))),
+            };
+            let time_domain = match r.u8()? {
+                1 => TtlTimeDomain::ProcessingTime,
+                2 => TtlTimeDomain::EventTime,
+                t => return Err(r.corrupted(format!("unknown TTL time domain {t}"))),
+            };
+            Ok(Some(TtlMeta {
+                ttl_millis,
+                update_type,
+                visibility,
+                time_domain,
+            }))
+        }
+        t => Err(r.corrupted(format!("unknown TTL tag {t}"))),
     }
 }
 
@@ -153,11 +233,17 @@ impl Decode for StateMeta {
                 values.len()
             )));
         }
+        let ttl = if r.format_version() >= FormatVersion::V3.number() {
+            decode_ttl(r)?
+        } else {
+            None
+        };
         Ok(StateMeta {
             name,
             kind,
             namespace,
             values,
+            ttl,
         })
     }
 }

@@ -37,15 +37,16 @@ use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
 use crate::snapshot::handle::KeyGroupsStateHandle;
 use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
+use crate::state::ttl::{TtlInstant, TtlMeta};
 use crate::state::{StateMeta, StorageShape};
 
 /// Magic bytes of a keyed snapshot file.
 pub const KEYED_MAGIC: [u8; 4] = *b"SKEY";
 /// The keyed format version this build writes.
 pub const KEYED_FORMAT_VERSION: u16 = FormatVersion::CURRENT.number();
-/// Keyed format versions this build reads: 1 (no header CRC) and 2. Both
-/// have the same frames; only the header differs.
-pub const KEYED_SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+/// Keyed format versions this build reads: 1 (no header CRC), 2, and 3 (a
+/// state meta ends with its time-to-live). The frames are otherwise the same.
+pub const KEYED_SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 /// Header flag of a delta file: records are changes (puts and deletes) to
 /// apply, in order, on top of the files before it in a chain.
 pub const FLAG_DELTA: u16 = 1;
@@ -173,6 +174,13 @@ pub struct KeyedSnapshotWriter {
     payload: Vec<u8>,
     frame: Vec<u8>,
     checkpoint_id: u64,
+    /// Per state, the TTL of states whose expired entries are left out
+    /// (full files only, see [`KeyedSnapshotWriter::drop_expired`]).
+    expiry: Vec<Option<TtlMeta>>,
+    now: Option<TtlInstant>,
+    /// Entries, list elements and map entries left out as expired.
+    dropped: u64,
+    list_scratch: Vec<u8>,
 }
 
 impl KeyedSnapshotWriter {
@@ -198,7 +206,45 @@ impl KeyedSnapshotWriter {
             payload: Vec::with_capacity(TARGET_FRAME_PAYLOAD + 1024),
             frame: Vec::with_capacity(TARGET_FRAME_PAYLOAD + 1024),
             checkpoint_id,
+            expiry: Vec::new(),
+            now: None,
+            dropped: 0,
+            list_scratch: Vec::new(),
         })
+    }
+
+    /// Leaves out of this file the entries that expired at `now` of every
+    /// state with a time-to-live for which `filter(name)` is true: cells
+    /// whose value expired, expired list elements (a list with none left is
+    /// left out), expired map entries. The values of such states start with
+    /// their timestamp ([`crate::state::ttl`]). Ignored for delta files,
+    /// whose records are changes to apply as they are.
+    pub fn drop_expired(&mut self, now: TtlInstant, filter: impl Fn(&str) -> bool) {
+        if self.meta.delta {
+            return;
+        }
+        self.expiry = self
+            .meta
+            .states
+            .iter()
+            .map(|s| s.ttl.filter(|_| filter(&s.name)))
+            .collect();
+        self.now = Some(now);
+    }
+
+    /// How many entries, list elements and map entries were left out as
+    /// expired ([`KeyedSnapshotWriter::drop_expired`]).
+    pub fn dropped_expired(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The TTL to check the values of `state` against, if any.
+    #[inline]
+    fn expiry_of(&self, state: u32) -> Option<(TtlMeta, TtlInstant)> {
+        match (self.expiry.get(state as usize), self.now) {
+            (Some(Some(ttl)), Some(now)) => Some((*ttl, now)),
+            _ => None,
+        }
     }
 
     /// The file's meta.
@@ -313,6 +359,12 @@ impl KeyedSnapshotWriter {
         namespace: &[u8],
         value: &[u8],
     ) -> Result<()> {
+        if let Some((ttl, now)) = self.expiry_of(state) {
+            if ttl.bytes_expired_at(value, &now) {
+                self.dropped += 1;
+                return Ok(());
+            }
+        }
         self.begin_record(state, OP_PUT, key, namespace, 10 + value.len())?;
         put_bytes(&mut self.payload, value);
         self.end_record()
@@ -321,6 +373,41 @@ impl KeyedSnapshotWriter {
     /// Writes a list; `encoded_elements` is `count` length-prefixed elements
     /// (as [`put_bytes`] writes them).
     pub fn write_list(
+        &mut self,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        count: usize,
+        encoded_elements: &[u8],
+    ) -> Result<()> {
+        if let Some((ttl, now)) = self.expiry_of(state) {
+            let mut kept = std::mem::take(&mut self.list_scratch);
+            kept.clear();
+            let mut r = ByteReader::new(encoded_elements, "list record", 0);
+            let mut live = 0;
+            for _ in 0..count {
+                let element = r.bytes()?;
+                if ttl.bytes_expired_at(element, &now) {
+                    self.dropped += 1;
+                } else {
+                    put_bytes(&mut kept, element);
+                    live += 1;
+                }
+            }
+            let result = if live == count {
+                self.write_list_unfiltered(state, key, namespace, count, encoded_elements)
+            } else if live == 0 {
+                Ok(())
+            } else {
+                self.write_list_unfiltered(state, key, namespace, live, &kept)
+            };
+            self.list_scratch = kept;
+            return result;
+        }
+        self.write_list_unfiltered(state, key, namespace, count, encoded_elements)
+    }
+
+    fn write_list_unfiltered(
         &mut self,
         state: u32,
         key: &[u8],
@@ -343,6 +430,12 @@ impl KeyedSnapshotWriter {
         user_key: &[u8],
         user_value: &[u8],
     ) -> Result<()> {
+        if let Some((ttl, now)) = self.expiry_of(state) {
+            if ttl.bytes_expired_at(user_value, &now) {
+                self.dropped += 1;
+                return Ok(());
+            }
+        }
         self.begin_record(
             state,
             OP_PUT,
@@ -486,11 +579,12 @@ impl KeyedSnapshotReader {
         let index_offset = envelope.index_offset;
         let meta_at = envelope.meta_offset();
         let (meta_payload, meta_end) = decode_frame(&file, data, meta_at)?;
-        let mut meta = KeyedSnapshotMeta::decode_exact(
+        let mut meta = KeyedSnapshotMeta::decode_exact_version(
             &meta_payload,
             &file,
             meta_at,
             "the keyed snapshot meta",
+            envelope.version.number(),
         )?;
         meta.delta = envelope.flags & FLAG_DELTA != 0;
         let (index, index_end) = decode_frame(&file, data, index_offset)?;

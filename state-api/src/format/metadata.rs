@@ -474,8 +474,10 @@ mod tests {
             kind: crate::state::StateKind::Value,
             namespace: CodecSchema::new("", 0),
             values: vec![CodecSchema::new("", 0)],
+            ttl: None,
         };
-        assert_eq!(len_of(&meta), MIN_STATE_META_LEN);
+        // The bound is version 2's length, without the TTL byte of version 3.
+        assert_eq!(len_of(&meta), MIN_STATE_META_LEN + 1);
         let mut op = OperatorStateHandle {
             checkpoint_id: 0,
             data: smallest_stream(),

@@ -326,6 +326,7 @@ impl From<StateMetaV1> for StateMeta {
             },
             namespace: s.namespace.into(),
             values: s.values.into_iter().map(Into::into).collect(),
+            ttl: None,
         }
     }
 }

@@ -56,17 +56,22 @@ pub enum FormatVersion {
     /// Version 2: a 12-byte header ending in the CRC32 of its first 8 bytes;
     /// the `_metadata` payload is the explicit encoding of [`metadata`].
     V2,
+    /// Version 3: as version 2, and every state meta ends with its
+    /// time-to-live ([`coding`]); the values of a state with TTL start with
+    /// their timestamp ([`crate::state::ttl`]).
+    V3,
 }
 
 impl FormatVersion {
     /// The version this build writes.
-    pub const CURRENT: FormatVersion = FormatVersion::V2;
+    pub const CURRENT: FormatVersion = FormatVersion::V3;
 
     /// The number stored in the header.
     pub const fn number(self) -> u16 {
         match self {
             FormatVersion::V1 => 1,
             FormatVersion::V2 => 2,
+            FormatVersion::V3 => 3,
         }
     }
 
@@ -75,6 +80,7 @@ impl FormatVersion {
         match number {
             1 => Some(FormatVersion::V1),
             2 => Some(FormatVersion::V2),
+            3 => Some(FormatVersion::V3),
             _ => None,
         }
     }
@@ -83,7 +89,7 @@ impl FormatVersion {
     pub const fn header_len(self) -> usize {
         match self {
             FormatVersion::V1 => FILE_HEADER_LEN_V1,
-            FormatVersion::V2 => FILE_HEADER_LEN,
+            FormatVersion::V2 | FormatVersion::V3 => FILE_HEADER_LEN,
         }
     }
 }

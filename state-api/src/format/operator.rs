@@ -30,9 +30,10 @@ use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHa
 pub const OPERATOR_MAGIC: [u8; 4] = *b"SOPR";
 /// The operator format version this build writes.
 pub const OPERATOR_FORMAT_VERSION: u16 = FormatVersion::CURRENT.number();
-/// Operator format versions this build reads: 1 (no header CRC) and 2. Both
-/// have the same frames; only the header differs.
-pub const OPERATOR_SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+/// Operator format versions this build reads: 1 (no header CRC), 2 and 3
+/// (the same as 2: version 3 changed keyed state metas only). The frames are
+/// the same; only the header differs.
+pub const OPERATOR_SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 
 /// One operator state as a snapshot records it.
 #[derive(Clone, Debug, PartialEq, Eq)]

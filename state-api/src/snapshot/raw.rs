@@ -55,6 +55,7 @@ impl RawKeyedStateWriter {
                 kind: StateKind::Value,
                 namespace: raw_schema(),
                 values: vec![raw_schema()],
+                ttl: None,
             }],
             delta: false,
         };

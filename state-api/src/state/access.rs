@@ -16,28 +16,31 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::descriptor::{
-    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
-    ReduceFn, ReducingStateDescriptor, ValueStateDescriptor,
+    AggregateFunction, AggregatingStateDescriptor, DescriptorBase, ListStateDescriptor,
+    MapStateDescriptor, ReduceFn, ReducingStateDescriptor, ValueStateDescriptor,
 };
 use super::handle::{CellHandle, ListHandle, MapHandle, StateHandle};
+use super::ttl::{StateTtlConfig, TtlCodec, TtlValue};
+use super::ttl_ops::{TtlCell, TtlList, TtlMap, TtlRuntime};
 use super::{Namespace, StateKey, StateKind, StateValue, VoidNamespace};
-use crate::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec};
+use crate::backend::keyed::{CellSpec, KeyedStateBackend, ListSpec, MapSpec, TtlSpec};
+use crate::codec::SharedCodec;
 use crate::error::Result;
 
 /// Registration of the typed states, for every keyed backend.
+///
+/// A descriptor with a time-to-live ([`super::ttl`]) registers its state with
+/// [`TtlValue`]s stored and a [`TtlCodec`]; the typed state hides that.
 pub trait KeyedStateBackendExt: KeyedStateBackend {
     /// Registers (or gets) a value state.
     fn value_state<V: StateValue, N: Namespace>(
         &mut self,
         d: &ValueStateDescriptor<V, N>,
     ) -> Result<ValueState<V, N>> {
-        let cell = self.register_cell(CellSpec {
-            meta: d.base.meta(StateKind::Value, vec![d.codec.schema()]),
-            namespace_codec: d.base.namespace_codec.clone(),
-            value_codec: d.codec.clone(),
-        })?;
+        let (cell, ttl) = register_cell_state(self, &d.base, StateKind::Value, &d.codec)?;
         Ok(ValueState {
             cell,
+            ttl,
             default: d.default.clone(),
         })
     }
@@ -47,12 +50,29 @@ pub trait KeyedStateBackendExt: KeyedStateBackend {
         &mut self,
         d: &ListStateDescriptor<T, N>,
     ) -> Result<ListState<T, N>> {
-        let list = self.register_list(ListSpec {
-            meta: d.base.meta(StateKind::List, vec![d.codec.schema()]),
+        let Some(config) = &d.base.ttl else {
+            let list = self.register_list(ListSpec {
+                meta: d.base.meta(StateKind::List, vec![d.codec.schema()]),
+                namespace_codec: d.base.namespace_codec.clone(),
+                element_codec: d.codec.clone(),
+                ttl: None,
+            })?;
+            return Ok(ListState { list, ttl: None });
+        };
+        let codec = ttl_codec(self, config, &d.codec);
+        let ttl_list = self.register_list(ListSpec {
+            meta: d.base.meta(StateKind::List, vec![codec.schema()]),
             namespace_codec: d.base.namespace_codec.clone(),
-            element_codec: d.codec.clone(),
+            element_codec: codec,
+            ttl: Some(ttl_spec(config)),
         })?;
-        Ok(ListState { list })
+        Ok(ListState {
+            list: ListHandle::new(ttl_list.core().clone()),
+            ttl: Some(TtlList {
+                list: ttl_list,
+                rt: TtlRuntime::new(config, self.clock().clone()),
+            }),
+        })
     }
 
     /// Registers (or gets) a reducing state.
@@ -60,13 +80,10 @@ pub trait KeyedStateBackendExt: KeyedStateBackend {
         &mut self,
         d: &ReducingStateDescriptor<T, N>,
     ) -> Result<ReducingState<T, N>> {
-        let cell = self.register_cell(CellSpec {
-            meta: d.base.meta(StateKind::Reducing, vec![d.codec.schema()]),
-            namespace_codec: d.base.namespace_codec.clone(),
-            value_codec: d.codec.clone(),
-        })?;
+        let (cell, ttl) = register_cell_state(self, &d.base, StateKind::Reducing, &d.codec)?;
         Ok(ReducingState {
             cell,
+            ttl,
             reduce: d.reduce.clone(),
         })
     }
@@ -76,13 +93,10 @@ pub trait KeyedStateBackendExt: KeyedStateBackend {
         &mut self,
         d: &AggregatingStateDescriptor<In, Acc, Out, N>,
     ) -> Result<AggregatingState<In, Acc, Out, N>> {
-        let cell = self.register_cell(CellSpec {
-            meta: d.base.meta(StateKind::Aggregating, vec![d.codec.schema()]),
-            namespace_codec: d.base.namespace_codec.clone(),
-            value_codec: d.codec.clone(),
-        })?;
+        let (cell, ttl) = register_cell_state(self, &d.base, StateKind::Aggregating, &d.codec)?;
         Ok(AggregatingState {
             cell,
+            ttl,
             function: d.function.clone(),
             _types: PhantomData,
         })
@@ -93,17 +107,90 @@ pub trait KeyedStateBackendExt: KeyedStateBackend {
         &mut self,
         d: &MapStateDescriptor<UK, UV, N>,
     ) -> Result<MapState<UK, UV, N>> {
-        let map = self.register_map(MapSpec {
-            meta: d.base.meta(
-                StateKind::Map,
-                vec![d.key_codec.schema(), d.value_codec.schema()],
-            ),
+        let Some(config) = &d.base.ttl else {
+            let map = self.register_map(MapSpec {
+                meta: d.base.meta(
+                    StateKind::Map,
+                    vec![d.key_codec.schema(), d.value_codec.schema()],
+                ),
+                namespace_codec: d.base.namespace_codec.clone(),
+                user_key_codec: d.key_codec.clone(),
+                user_value_codec: d.value_codec.clone(),
+                ttl: None,
+            })?;
+            return Ok(MapState { map, ttl: None });
+        };
+        let codec = ttl_codec(self, config, &d.value_codec);
+        let ttl_map = self.register_map(MapSpec {
+            meta: d
+                .base
+                .meta(StateKind::Map, vec![d.key_codec.schema(), codec.schema()]),
             namespace_codec: d.base.namespace_codec.clone(),
             user_key_codec: d.key_codec.clone(),
-            user_value_codec: d.value_codec.clone(),
+            user_value_codec: codec,
+            ttl: Some(ttl_spec(config)),
         })?;
-        Ok(MapState { map })
+        Ok(MapState {
+            map: MapHandle::new(ttl_map.core().clone()),
+            ttl: Some(TtlMap {
+                map: ttl_map,
+                rt: TtlRuntime::new(config, self.clock().clone()),
+            }),
+        })
     }
+}
+
+fn ttl_codec<B: KeyedStateBackend, V: StateValue>(
+    backend: &B,
+    config: &StateTtlConfig,
+    codec: &SharedCodec<V>,
+) -> SharedCodec<TtlValue<V>> {
+    Arc::new(TtlCodec::new(
+        codec.clone(),
+        backend.clock().clone(),
+        config.meta().time_domain,
+    ))
+}
+
+fn ttl_spec<V>(config: &StateTtlConfig) -> TtlSpec<TtlValue<V>> {
+    TtlSpec {
+        config: config.clone(),
+        timestamp: TtlValue::<V>::timestamp_of,
+    }
+}
+
+/// Registers a cell-shaped state, with TTL when the descriptor has one: the
+/// plain handle (for key listing) and the TTL cell.
+#[allow(clippy::type_complexity)]
+fn register_cell_state<B: KeyedStateBackend, V: StateValue, N: Namespace>(
+    backend: &mut B,
+    base: &DescriptorBase<N>,
+    kind: StateKind,
+    codec: &SharedCodec<V>,
+) -> Result<(CellHandle<N, V>, Option<TtlCell<N, V>>)> {
+    let Some(config) = &base.ttl else {
+        let cell = backend.register_cell(CellSpec {
+            meta: base.meta(kind, vec![codec.schema()]),
+            namespace_codec: base.namespace_codec.clone(),
+            value_codec: codec.clone(),
+            ttl: None,
+        })?;
+        return Ok((cell, None));
+    };
+    let ttl_codec = ttl_codec(backend, config, codec);
+    let ttl_cell = backend.register_cell(CellSpec {
+        meta: base.meta(kind, vec![ttl_codec.schema()]),
+        namespace_codec: base.namespace_codec.clone(),
+        value_codec: ttl_codec,
+        ttl: Some(ttl_spec(config)),
+    })?;
+    Ok((
+        CellHandle::new(ttl_cell.core().clone()),
+        Some(TtlCell {
+            cell: ttl_cell,
+            rt: TtlRuntime::new(config, backend.clock().clone()),
+        }),
+    ))
 }
 
 impl<B: KeyedStateBackend> KeyedStateBackendExt for B {}
@@ -138,12 +225,16 @@ macro_rules! binders {
 /// A single value per (key, namespace), with an optional default.
 pub struct ValueState<V, N = VoidNamespace> {
     cell: CellHandle<N, V>,
+    ttl: Option<TtlCell<N, V>>,
     default: Option<V>,
 }
 binders!(ValueState<V>);
 
 impl<V: StateValue, N: Namespace> ValueState<V, N> {
-    /// The low-level handle.
+    /// The low-level handle, for key listing ([`KeyedStateBackend::keys`]).
+    /// A state with TTL stores [`TtlValue`]s, so its cells are not read or
+    /// written through this handle (the backend refuses that with
+    /// [`crate::Error::ForeignHandle`]).
     pub fn handle(&self) -> &CellHandle<N, V> {
         &self.cell
     }
@@ -153,21 +244,31 @@ impl<B: KeyedStateBackend, V: StateValue, N: Namespace> Bound<'_, B, ValueState<
     /// The value, or a fresh copy of the default when none is set.
     pub fn get(&mut self) -> Result<Option<V>> {
         let default = &self.state.default;
-        self.backend
-            .cell_get(&self.state.cell, self.namespace, |v| {
-                v.or(default.as_ref()).cloned()
-            })
+        let read = |v: Option<&V>| v.or(default.as_ref()).cloned();
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_get(&self.state.cell, self.namespace, read),
+            Some(t) => t.read(self.backend, self.namespace, read),
+        }
     }
 
     /// Reads the value without copying it (the default is not applied).
     pub fn read<R>(&mut self, f: impl FnOnce(Option<&V>) -> R) -> Result<R> {
-        self.backend.cell_get(&self.state.cell, self.namespace, f)
+        match &self.state.ttl {
+            None => self.backend.cell_get(&self.state.cell, self.namespace, f),
+            Some(t) => t.read(self.backend, self.namespace, f),
+        }
     }
 
     /// Sets the value.
     pub fn set(&mut self, value: V) -> Result<()> {
-        self.backend
-            .cell_put(&self.state.cell, self.namespace, value)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_put(&self.state.cell, self.namespace, value),
+            Some(t) => t.put(self.backend, self.namespace, value),
+        }
     }
 
     /// Replaces the value with what `f` makes of it, reading and writing in
@@ -189,34 +290,43 @@ impl<B: KeyedStateBackend, V: StateValue, N: Namespace> Bound<'_, B, ValueState<
     /// # Ok(()) }
     /// ```
     pub fn modify(&mut self, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<()> {
-        self.backend
-            .cell_modify(&self.state.cell, self.namespace, f)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_modify(&self.state.cell, self.namespace, f),
+            Some(t) => t.modify(self.backend, self.namespace, f),
+        }
     }
 
     /// Sets the value; `None` removes it.
     pub fn update(&mut self, value: Option<V>) -> Result<()> {
         match value {
-            Some(v) => self.backend.cell_put(&self.state.cell, self.namespace, v),
+            Some(v) => self.set(v),
             None => self.clear(),
         }
     }
 
     /// Removes the value.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend
-            .cell_take(&self.state.cell, self.namespace)
-            .map(drop)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_take(&self.state.cell, self.namespace)
+                .map(drop),
+            Some(t) => t.take(self.backend, self.namespace).map(drop),
+        }
     }
 }
 
 /// A list of elements per (key, namespace).
 pub struct ListState<T, N = VoidNamespace> {
     list: ListHandle<N, T>,
+    ttl: Option<TtlList<N, T>>,
 }
 binders!(ListState<T>);
 
 impl<T: StateValue, N: Namespace> ListState<T, N> {
-    /// The low-level handle.
+    /// The low-level handle, for key listing (see [`ValueState::handle`]).
     pub fn handle(&self) -> &ListHandle<N, T> {
         &self.list
     }
@@ -229,6 +339,9 @@ impl<T: StateValue, N: Namespace> ListState<T, N> {
         target: &N,
         sources: &[N],
     ) -> Result<()> {
+        if let Some(t) = &self.ttl {
+            return t.merge(backend, target, sources);
+        }
         for source in sources.iter().filter(|s| *s != target) {
             let moved = backend.list_take(&self.list, source)?;
             backend.list_append(&self.list, target, moved)?;
@@ -240,21 +353,26 @@ impl<T: StateValue, N: Namespace> ListState<T, N> {
 impl<B: KeyedStateBackend, T: StateValue, N: Namespace> Bound<'_, B, ListState<T, N>, N> {
     /// The elements, or `None` when the list is empty.
     pub fn get(&mut self) -> Result<Option<Vec<T>>> {
-        self.backend
-            .list_get(&self.state.list, self.namespace, |l| {
-                (!l.is_empty()).then(|| l.to_vec())
-            })
+        self.read(|l| (!l.is_empty()).then(|| l.to_vec()))
     }
 
-    /// Reads the elements without copying them.
+    /// Reads the elements without copying them (a state with TTL copies the
+    /// live elements for `f`).
     pub fn read<R>(&mut self, f: impl FnOnce(&[T]) -> R) -> Result<R> {
-        self.backend.list_get(&self.state.list, self.namespace, f)
+        match &self.state.ttl {
+            None => self.backend.list_get(&self.state.list, self.namespace, f),
+            Some(t) => t.read(self.backend, self.namespace, f),
+        }
     }
 
     /// Appends one element.
     pub fn add(&mut self, element: T) -> Result<()> {
-        self.backend
-            .list_push(&self.state.list, self.namespace, element)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .list_push(&self.state.list, self.namespace, element),
+            Some(t) => t.push(self.backend, self.namespace, element),
+        }
     }
 
     /// Appends elements; an empty batch is a no-op.
@@ -262,33 +380,46 @@ impl<B: KeyedStateBackend, T: StateValue, N: Namespace> Bound<'_, B, ListState<T
         if elements.is_empty() {
             return Ok(());
         }
-        self.backend
-            .list_append(&self.state.list, self.namespace, elements)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .list_append(&self.state.list, self.namespace, elements),
+            Some(t) => t.append(self.backend, self.namespace, elements),
+        }
     }
 
     /// Replaces the list; an empty list clears it.
     pub fn update(&mut self, elements: Vec<T>) -> Result<()> {
-        self.backend
-            .list_replace(&self.state.list, self.namespace, elements)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .list_replace(&self.state.list, self.namespace, elements),
+            Some(t) => t.replace(self.backend, self.namespace, elements),
+        }
     }
 
     /// Removes the list.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend
-            .list_take(&self.state.list, self.namespace)
-            .map(drop)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .list_take(&self.state.list, self.namespace)
+                .map(drop),
+            Some(t) => t.clear(self.backend, self.namespace),
+        }
     }
 }
 
 /// A value per (key, namespace) that added values are reduced into.
 pub struct ReducingState<T, N = VoidNamespace> {
     cell: CellHandle<N, T>,
+    ttl: Option<TtlCell<N, T>>,
     reduce: ReduceFn<T>,
 }
 binders!(ReducingState<T>);
 
 impl<T: StateValue, N: Namespace> ReducingState<T, N> {
-    /// The low-level handle.
+    /// The low-level handle, for key listing (see [`ValueState::handle`]).
     pub fn handle(&self) -> &CellHandle<N, T> {
         &self.cell
     }
@@ -301,68 +432,94 @@ impl<T: StateValue, N: Namespace> ReducingState<T, N> {
         sources: &[N],
     ) -> Result<()> {
         for source in sources.iter().filter(|s| *s != target) {
-            if let Some(v) = backend.cell_take(&self.cell, source)? {
-                reduce_into(backend, &self.cell, target, &self.reduce, v)?;
+            let taken = match &self.ttl {
+                None => backend.cell_take(&self.cell, source)?,
+                Some(t) => t.take(backend, source)?,
+            };
+            if let Some(v) = taken {
+                self.reduce_into(backend, target, v)?;
             }
         }
         Ok(())
     }
-}
 
-fn reduce_into<B: KeyedStateBackend, N: Namespace, T: StateValue>(
-    backend: &mut B,
-    cell: &CellHandle<N, T>,
-    namespace: &N,
-    reduce: &ReduceFn<T>,
-    value: T,
-) -> Result<()> {
-    backend.cell_upsert(cell, namespace, |slot| match slot {
-        Some(acc) => {
-            *acc = reduce(acc, &value);
-            None
+    fn reduce_into<B: KeyedStateBackend>(&self, backend: &mut B, ns: &N, value: T) -> Result<()> {
+        let reduce = &self.reduce;
+        let update = |slot: Option<&mut T>| match slot {
+            Some(acc) => {
+                *acc = reduce(acc, &value);
+                None
+            }
+            None => Some(value),
+        };
+        match &self.ttl {
+            None => backend.cell_upsert(&self.cell, ns, update),
+            Some(t) => t.upsert(backend, ns, update),
         }
-        None => Some(value),
-    })
+    }
 }
 
 impl<B: KeyedStateBackend, T: StateValue, N: Namespace> Bound<'_, B, ReducingState<T, N>, N> {
     /// The reduced value, or `None` when nothing was added.
     pub fn get(&mut self) -> Result<Option<T>> {
-        self.backend
-            .cell_get(&self.state.cell, self.namespace, |v| v.cloned())
+        let read = |v: Option<&T>| v.cloned();
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_get(&self.state.cell, self.namespace, read),
+            Some(t) => t.read(self.backend, self.namespace, read),
+        }
     }
 
     /// Reduces `value` into the state.
     pub fn add(&mut self, value: T) -> Result<()> {
-        reduce_into(
-            self.backend,
-            &self.state.cell,
-            self.namespace,
-            &self.state.reduce,
-            value,
-        )
+        self.state.reduce_into(self.backend, self.namespace, value)
     }
 
     /// Removes the value.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend
-            .cell_take(&self.state.cell, self.namespace)
-            .map(drop)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_take(&self.state.cell, self.namespace)
+                .map(drop),
+            Some(t) => t.take(self.backend, self.namespace).map(drop),
+        }
     }
 }
 
 /// An accumulator per (key, namespace) driven by an [`AggregateFunction`].
 pub struct AggregatingState<In, Acc, Out, N = VoidNamespace> {
     cell: CellHandle<N, Acc>,
+    ttl: Option<TtlCell<N, Acc>>,
     function: Arc<dyn AggregateFunction<In, Acc, Out>>,
     _types: PhantomData<fn(In) -> Out>,
 }
 binders!(AggregatingState<In, Acc, Out>);
 
 impl<In: 'static, Acc: StateValue, Out: 'static, N: Namespace> AggregatingState<In, Acc, Out, N> {
-    /// The low-level handle.
+    /// The low-level handle, for key listing (see [`ValueState::handle`]).
     pub fn handle(&self) -> &CellHandle<N, Acc> {
         &self.cell
+    }
+
+    fn upsert<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        update: impl FnOnce(Option<&mut Acc>) -> Option<Acc>,
+    ) -> Result<()> {
+        match &self.ttl {
+            None => backend.cell_upsert(&self.cell, ns, update),
+            Some(t) => t.upsert(backend, ns, update),
+        }
+    }
+
+    fn take<B: KeyedStateBackend>(&self, backend: &mut B, ns: &N) -> Result<Option<Acc>> {
+        match &self.ttl {
+            None => backend.cell_take(&self.cell, ns),
+            Some(t) => t.take(backend, ns),
+        }
     }
 
     /// Merges the accumulators of `sources` into `target` and clears the sources.
@@ -373,9 +530,9 @@ impl<In: 'static, Acc: StateValue, Out: 'static, N: Namespace> AggregatingState<
         sources: &[N],
     ) -> Result<()> {
         for source in sources.iter().filter(|s| *s != target) {
-            if let Some(other) = backend.cell_take(&self.cell, source)? {
+            if let Some(other) = self.take(backend, source)? {
                 let f = &self.function;
-                backend.cell_upsert(&self.cell, target, |slot| match slot {
+                self.upsert(backend, target, |slot| match slot {
                     Some(acc) => {
                         f.merge(acc, other);
                         None
@@ -394,17 +551,20 @@ impl<B: KeyedStateBackend, In: 'static, Acc: StateValue, Out: 'static, N: Namesp
     /// The result of the accumulator, or `None` when nothing was added.
     pub fn get(&mut self) -> Result<Option<Out>> {
         let f = &self.state.function;
-        self.backend
-            .cell_get(&self.state.cell, self.namespace, |acc| {
-                acc.map(|a| f.get_result(a))
-            })
+        let read = |acc: Option<&Acc>| acc.map(|a| f.get_result(a));
+        match &self.state.ttl {
+            None => self
+                .backend
+                .cell_get(&self.state.cell, self.namespace, read),
+            Some(t) => t.read(self.backend, self.namespace, read),
+        }
     }
 
     /// Adds `value` to the accumulator (creating it when absent).
     pub fn add(&mut self, value: In) -> Result<()> {
         let f = &self.state.function;
-        self.backend
-            .cell_upsert(&self.state.cell, self.namespace, |slot| match slot {
+        self.state
+            .upsert(self.backend, self.namespace, |slot| match slot {
                 Some(acc) => {
                     f.add(&value, acc);
                     None
@@ -419,20 +579,19 @@ impl<B: KeyedStateBackend, In: 'static, Acc: StateValue, Out: 'static, N: Namesp
 
     /// Removes the accumulator.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend
-            .cell_take(&self.state.cell, self.namespace)
-            .map(drop)
+        self.state.take(self.backend, self.namespace).map(drop)
     }
 }
 
 /// A map of user keys to user values per (key, namespace).
 pub struct MapState<UK, UV, N = VoidNamespace> {
     map: MapHandle<N, UK, UV>,
+    ttl: Option<TtlMap<N, UK, UV>>,
 }
 binders!(MapState<UK, UV>);
 
 impl<UK: StateKey, UV: StateValue, N: Namespace> MapState<UK, UV, N> {
-    /// The low-level handle.
+    /// The low-level handle, for key listing (see [`ValueState::handle`]).
     pub fn handle(&self) -> &MapHandle<N, UK, UV> {
         &self.map
     }
@@ -443,20 +602,32 @@ impl<B: KeyedStateBackend, UK: StateKey, UV: StateValue, N: Namespace>
 {
     /// The value of `user_key`.
     pub fn get(&mut self, user_key: &UK) -> Result<Option<UV>> {
-        self.backend
-            .map_get(&self.state.map, self.namespace, user_key, |v| v.cloned())
+        match &self.state.ttl {
+            None => self
+                .backend
+                .map_get(&self.state.map, self.namespace, user_key, |v| v.cloned()),
+            Some(t) => t.get(self.backend, self.namespace, user_key),
+        }
     }
 
     /// Whether `user_key` has a value.
     pub fn contains(&mut self, user_key: &UK) -> Result<bool> {
-        self.backend
-            .map_get(&self.state.map, self.namespace, user_key, |v| v.is_some())
+        match &self.state.ttl {
+            None => self
+                .backend
+                .map_get(&self.state.map, self.namespace, user_key, |v| v.is_some()),
+            Some(t) => Ok(t.get(self.backend, self.namespace, user_key)?.is_some()),
+        }
     }
 
     /// Sets the value of `user_key`.
     pub fn put(&mut self, user_key: UK, user_value: UV) -> Result<()> {
-        self.backend
-            .map_put(&self.state.map, self.namespace, user_key, user_value)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .map_put(&self.state.map, self.namespace, user_key, user_value),
+            Some(t) => t.put(self.backend, self.namespace, user_key, user_value),
+        }
     }
 
     /// Sets several entries.
@@ -469,13 +640,20 @@ impl<B: KeyedStateBackend, UK: StateKey, UV: StateValue, N: Namespace>
 
     /// Removes `user_key` and returns its value.
     pub fn remove(&mut self, user_key: &UK) -> Result<Option<UV>> {
-        self.backend
-            .map_remove(&self.state.map, self.namespace, user_key)
+        match &self.state.ttl {
+            None => self
+                .backend
+                .map_remove(&self.state.map, self.namespace, user_key),
+            Some(t) => t.remove(self.backend, self.namespace, user_key),
+        }
     }
 
     /// Every entry (a copy: the map may be modified while walking it).
     pub fn entries(&mut self) -> Result<Vec<(UK, UV)>> {
-        self.backend.map_entries(&self.state.map, self.namespace)
+        match &self.state.ttl {
+            None => self.backend.map_entries(&self.state.map, self.namespace),
+            Some(t) => t.entries(self.backend, self.namespace),
+        }
     }
 
     /// Every user key.
@@ -501,12 +679,18 @@ impl<B: KeyedStateBackend, UK: StateKey, UV: StateValue, N: Namespace>
 
     /// Whether the map has no entry.
     pub fn is_empty(&mut self) -> Result<bool> {
-        self.backend.map_is_empty(&self.state.map, self.namespace)
+        match &self.state.ttl {
+            None => self.backend.map_is_empty(&self.state.map, self.namespace),
+            Some(t) => t.is_empty(self.backend, self.namespace),
+        }
     }
 
     /// Removes every entry.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend.map_clear(&self.state.map, self.namespace)
+        match &self.state.ttl {
+            None => self.backend.map_clear(&self.state.map, self.namespace),
+            Some(t) => t.clear(self.backend, self.namespace),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::ttl::StateTtlConfig;
 use super::{Namespace, StateKind, StateMeta, StateValue, VoidNamespace};
 use crate::codec::{postcard, SharedCodec};
 
@@ -35,6 +36,7 @@ pub trait AggregateFunction<In, Acc, Out>: Send + Sync + 'static {
 pub struct DescriptorBase<N> {
     pub(crate) name: String,
     pub(crate) namespace_codec: SharedCodec<N>,
+    pub(crate) ttl: Option<StateTtlConfig>,
 }
 
 impl<N> Clone for DescriptorBase<N> {
@@ -42,6 +44,7 @@ impl<N> Clone for DescriptorBase<N> {
         DescriptorBase {
             name: self.name.clone(),
             namespace_codec: self.namespace_codec.clone(),
+            ttl: self.ttl.clone(),
         }
     }
 }
@@ -51,6 +54,7 @@ impl DescriptorBase<VoidNamespace> {
         DescriptorBase {
             name: name.into(),
             namespace_codec: postcard::<VoidNamespace>(),
+            ttl: None,
         }
     }
 }
@@ -60,6 +64,7 @@ impl<N: Namespace> DescriptorBase<N> {
         DescriptorBase {
             name: self.name,
             namespace_codec: codec,
+            ttl: self.ttl,
         }
     }
 
@@ -73,6 +78,11 @@ impl<N: Namespace> DescriptorBase<N> {
         &self.namespace_codec
     }
 
+    /// The time-to-live, if the state has one.
+    pub fn ttl(&self) -> Option<&StateTtlConfig> {
+        self.ttl.as_ref()
+    }
+
     pub(crate) fn meta(
         &self,
         kind: StateKind,
@@ -83,6 +93,7 @@ impl<N: Namespace> DescriptorBase<N> {
             kind,
             namespace: self.namespace_codec.schema(),
             values,
+            ttl: self.ttl.as_ref().map(StateTtlConfig::meta),
         }
     }
 }
@@ -93,6 +104,18 @@ macro_rules! namespace_switch {
             /// The state's name.
             pub fn name(&self) -> &str {
                 &self.base.name
+            }
+
+            /// The same descriptor with a time-to-live: entries expire
+            /// `ttl` after their last write (see [`super::ttl`]).
+            pub fn with_ttl(mut self, ttl: StateTtlConfig) -> Self {
+                self.base.ttl = Some(ttl);
+                self
+            }
+
+            /// The time-to-live, if the state has one.
+            pub fn ttl(&self) -> Option<&StateTtlConfig> {
+                self.base.ttl.as_ref()
             }
 
             /// The same descriptor scoped by namespaces of type `M`, encoded with `codec`.

@@ -9,6 +9,8 @@
 pub mod access;
 pub mod descriptor;
 pub mod handle;
+pub mod ttl;
+mod ttl_ops;
 
 use std::fmt;
 use std::hash::Hash;
@@ -123,6 +125,10 @@ pub struct StateMeta {
     /// Schemas of the value codecs: `[value]` for cells, `[element]` for
     /// lists, `[user key, user value]` for maps.
     pub values: Vec<CodecSchema>,
+    /// Its time-to-live, when it has one: its values (cells, list elements,
+    /// map user values) then start with a timestamp ([`ttl`]).
+    #[serde(default)]
+    pub ttl: Option<ttl::TtlMeta>,
 }
 
 impl StateMeta {
