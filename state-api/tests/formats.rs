@@ -366,12 +366,12 @@ fn every_bit_flip_of_a_metadata_file_is_a_corruption() -> Result<()> {
 #[test]
 fn an_intact_header_of_a_newer_version_is_incompatible() -> Result<()> {
     let mut bytes = encode_metadata(&fixed_metadata(SnapshotKind::Savepoint), Compression::None)?;
-    bytes[4] = 3;
+    bytes[4] = 4;
     let crc = crc32fast::hash(&bytes[..8]);
     bytes[8..12].copy_from_slice(&crc.to_le_bytes());
-    let err = decode_metadata("_metadata", &bytes).expect_err("version 3");
+    let err = decode_metadata("_metadata", &bytes).expect_err("version 4");
     assert_eq!(err.kind(), ErrorKind::IncompatibleFormat, "{err}");
-    assert!(err.to_string().contains("version 3"), "{err}");
+    assert!(err.to_string().contains("version 4"), "{err}");
     Ok(())
 }
 
@@ -550,6 +550,45 @@ fn current_snapshot_file_encodings_are_pinned() -> Result<()> {
         &write_operator()?,
         "an operator file",
     )?;
+    Ok(())
+}
+
+/// Version 3 added a state's time-to-live to its meta: a keyed file with a
+/// state of each TTL setting is pinned, and reads back every setting.
+#[test]
+fn ttl_state_metas_are_pinned() -> Result<()> {
+    use state_api::state::ttl::{TtlMeta, TtlTimeDomain, TtlUpdateType, TtlVisibility};
+    let mut meta = keyed_meta(false);
+    meta.states[0].ttl = Some(TtlMeta {
+        ttl_millis: 60_000,
+        update_type: TtlUpdateType::OnCreateAndWrite,
+        visibility: TtlVisibility::NeverReturnExpired,
+        time_domain: TtlTimeDomain::ProcessingTime,
+    });
+    meta.states[1].ttl = Some(TtlMeta {
+        ttl_millis: i64::MAX as u64,
+        update_type: TtlUpdateType::OnReadAndWrite,
+        visibility: TtlVisibility::ReturnExpiredIfNotCleanedUp,
+        time_domain: TtlTimeDomain::EventTime,
+    });
+    let streams = MemoryCheckpointStreamFactory::new(1 << 20, "ttl fixture");
+    let mut w = KeyedSnapshotWriter::new(
+        streams.create_stream(StreamScope::Exclusive)?,
+        meta.clone(),
+        Compression::None,
+        7,
+    )?;
+    w.start_key_group(2)?;
+    let mut value = 1_000i64.to_le_bytes().to_vec();
+    value.push(42);
+    w.write_cell(0, b"k", b"", &value)?;
+    let handle = w.finish()?;
+    let bytes = handle.data.read()?.bytes().to_vec();
+    let dir = testdata().join("v3");
+    check_pinned(&dir.join("keyed-ttl.bin"), &bytes, "a keyed file with TTL states")?;
+    let (read, records) = read_keyed("keyed-ttl.bin", &bytes)?;
+    assert_eq!(read, meta);
+    assert_eq!(records.len(), 1);
     Ok(())
 }
 
