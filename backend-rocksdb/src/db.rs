@@ -26,6 +26,10 @@ const LIST_MERGE_OPERATOR: &str = "flowstate-list-append";
 /// (the backend or a running snapshot) drops it.
 pub(crate) struct DbInstance {
     pub(crate) db: Db,
+    /// Options of the column families created after opening. RocksDB keeps
+    /// a raw pointer to their compaction filter (owned by the options), so
+    /// they must outlive `db`, which is dropped first (declared first).
+    pub(crate) created_cf_options: std::sync::Mutex<Vec<Options>>,
     pub(crate) name: String,
     /// Failure points of tests.
     pub(crate) faults: Faults,
@@ -254,6 +258,7 @@ pub(crate) fn open_instance(
     Ok((
         Arc::new(DbInstance {
             db,
+            created_cf_options: std::sync::Mutex::default(),
             name,
             faults: options.faults.clone(),
             folder: FolderGuard(folder.to_path_buf()),

@@ -271,6 +271,11 @@ impl RocksStore {
             self.live(self.engine_write(FailPoint::CreateColumnFamily, &what, || {
                 self.inst.db.create_cf(name, &opts)
             }))?;
+            self.inst
+                .created_cf_options
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(opts);
         }
         Ok(())
     }

@@ -238,7 +238,10 @@ fn truncation_and_bad_handles_are_errors() -> Result<()> {
     let err =
         read_operator_bytes(&StreamBytes::new("v", Arc::from(newer)), &op).expect_err("version");
     assert_eq!(err.kind(), ErrorKind::IncompatibleFormat);
-    assert!(err.to_string().contains("reads versions [1, 2, 3]"), "{err}");
+    assert!(
+        err.to_string().contains("reads versions [1, 2, 3]"),
+        "{err}"
+    );
     // ... while the same byte changed in a header whose CRC no longer
     // matches is a corruption.
     let mut damaged = bytes_of(&op.data);

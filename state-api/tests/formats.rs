@@ -585,7 +585,11 @@ fn ttl_state_metas_are_pinned() -> Result<()> {
     let handle = w.finish()?;
     let bytes = handle.data.read()?.bytes().to_vec();
     let dir = testdata().join("v3");
-    check_pinned(&dir.join("keyed-ttl.bin"), &bytes, "a keyed file with TTL states")?;
+    check_pinned(
+        &dir.join("keyed-ttl.bin"),
+        &bytes,
+        "a keyed file with TTL states",
+    )?;
     let (read, records) = read_keyed("keyed-ttl.bin", &bytes)?;
     assert_eq!(read, meta);
     assert_eq!(records.len(), 1);

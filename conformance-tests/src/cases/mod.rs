@@ -10,6 +10,7 @@ pub mod checkpointed;
 pub mod keyed;
 pub mod operator;
 pub mod snapshot;
+pub mod ttl;
 
 /// Calls `$callback!($backend; module::case, ...)` with every case of the suite.
 #[macro_export]
@@ -87,6 +88,17 @@ macro_rules! for_each_case {
             snapshot::restore_with_declared_type_migration,
             snapshot::notify_checkpoint_contract,
             snapshot::failed_migration_leaves_no_partial_state,
+            ttl::ttl_value_expires,
+            ttl::ttl_update_on_read,
+            ttl::ttl_return_expired_if_not_cleaned_up,
+            ttl::ttl_event_time,
+            ttl::ttl_list_and_map_expire_per_element,
+            ttl::ttl_reducing_and_aggregating_restart,
+            ttl::ttl_full_snapshot_drops_expired,
+            ttl::ttl_cleanup_expired_removes_all,
+            ttl::ttl_enabled_on_restore,
+            ttl::ttl_disabled_or_changed_on_restore,
+            ttl::ttl_timestamps_survive_checkpoints,
             operator::operator_register_list_state,
             operator::operator_register_union_list_state,
             operator::operator_register_broadcast_state,
