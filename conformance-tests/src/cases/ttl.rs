@@ -303,7 +303,7 @@ pub fn ttl_full_snapshot_drops_expired<S: StateBackend>(backend: &S) -> Result<(
     at(&clock, 600)?;
     let handle = savepoint(backend, &mut b, 1)?;
     let later = StateClock::manual(0);
-    let mut r = keyed_on(backend, &later, 1, 0, &[handle.clone()])?;
+    let mut r = keyed_on(backend, &later, 1, 0, std::slice::from_ref(&handle))?;
     assert_eq!(
         r.num_entries()?,
         150,
@@ -312,7 +312,7 @@ pub fn ttl_full_snapshot_drops_expired<S: StateBackend>(backend: &S) -> Result<(
     // Restored at other parallelisms, the key groups still hold only them.
     let mut total = 0;
     for i in 0..3 {
-        let mut part = keyed_on(backend, &later, 3, i, &[handle.clone()])?;
+        let mut part = keyed_on(backend, &later, 3, i, std::slice::from_ref(&handle))?;
         total += part.num_entries()?;
         part.close();
     }
@@ -433,7 +433,7 @@ pub fn ttl_disabled_or_changed_on_restore<S: StateBackend>(backend: &S) -> Resul
 
     // Off: plain values, forever.
     let clock = StateClock::manual(0);
-    let mut r = keyed_on(backend, &clock, 1, 0, &[handle.clone()])?;
+    let mut r = keyed_on(backend, &clock, 1, 0, std::slice::from_ref(&handle))?;
     let v = r.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
     let l = r.list_state(&ListStateDescriptor::<u64>::new("l"))?;
     let m = r.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
@@ -453,7 +453,7 @@ pub fn ttl_disabled_or_changed_on_restore<S: StateBackend>(backend: &S) -> Resul
 
     // Shorter: the entries written at 0 are expired at 150 under 100 ms.
     let clock = StateClock::manual(150);
-    let mut r = keyed_on(backend, &clock, 1, 0, &[handle.clone()])?;
+    let mut r = keyed_on(backend, &clock, 1, 0, std::slice::from_ref(&handle))?;
     let v = r.value_state(&ValueStateDescriptor::<u64>::new("v").with_ttl(ttl()))?;
     r.set_current_key(1)?;
     assert_eq!(v.on(&mut r).get()?, None, "the new, shorter TTL applies");
@@ -490,7 +490,7 @@ pub fn ttl_timestamps_survive_checkpoints<S: StateBackend>(backend: &S) -> Resul
     let clock = StateClock::manual(120);
     let mut seen = 0;
     for i in 0..2 {
-        let mut r = keyed_on(backend, &clock, 2, i, &[second.clone()])?;
+        let mut r = keyed_on(backend, &clock, 2, i, std::slice::from_ref(&second))?;
         let v = r.value_state(&ValueStateDescriptor::<u64>::new("v").with_ttl(ttl()))?;
         for k in 0..60 {
             if r.set_current_key(k).is_err() {
