@@ -165,6 +165,11 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
         Ok(())
     }
 
+    /// The instance's working folder (its SST files, for measuring disk use).
+    pub fn instance_folder(&self) -> &Path {
+        self.store.inst().folder()
+    }
+
     /// Entries (whole lists) the TTL compaction filter dropped so far.
     pub fn ttl_filter_removed(&self) -> u64 {
         self.store.ttl_filters().removed()

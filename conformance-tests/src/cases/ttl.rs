@@ -504,3 +504,103 @@ pub fn ttl_timestamps_survive_checkpoints<S: StateBackend>(backend: &S) -> Resul
     assert_eq!(seen, 60, "every key has one owner");
     Ok(())
 }
+
+/// Entries and bytes of TTL state before and after a cleanup
+/// ([`reclamation`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Reclaimed {
+    /// (key, namespace) entries before the cleanup.
+    pub entries_before: usize,
+    /// And after.
+    pub entries_after: usize,
+    /// Bytes (as the caller measures them) before the cleanup.
+    pub bytes_before: u64,
+    /// And after.
+    pub bytes_after: u64,
+}
+
+impl Reclaimed {
+    /// Asserts both dropped by at least 99%.
+    pub fn assert_reclaimed(&self, what: &str) {
+        assert!(
+            self.entries_after * 100 <= self.entries_before,
+            "{what}: entries {} -> {}",
+            self.entries_before,
+            self.entries_after
+        );
+        assert!(
+            self.bytes_after * 100 <= self.bytes_before,
+            "{what}: bytes {} -> {}",
+            self.bytes_before,
+            self.bytes_after
+        );
+    }
+}
+
+impl std::fmt::Display for Reclaimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "entries {} -> {}, bytes {} -> {}",
+            self.entries_before, self.entries_after, self.bytes_before, self.bytes_after
+        )
+    }
+}
+
+/// Bytes of a checkpoint of `keyed` (0 when it holds nothing).
+pub fn checkpoint_bytes<S: StateBackend, B: KeyedStateBackend>(
+    backend: &S,
+    keyed: &mut B,
+    id: u64,
+) -> Result<u64> {
+    Ok(crate::harness::snapshot(backend, keyed, id)?.map_or(0, |h| h.state_size()))
+}
+
+/// Writes `n` keys into a value (100 bytes), a list (two elements) and a
+/// map (two entries), all with a TTL of 1 s and `config`'s cleanup, lets
+/// every entry expire, runs `cleanup`, and measures entries and `bytes`
+/// (called with a checkpoint id) before and after.
+pub fn reclamation<S: StateBackend>(
+    backend: &S,
+    n: u64,
+    cleanup: TtlCleanup,
+    run_cleanup: impl FnOnce(&mut S::Keyed<u64>, &ReclaimStates) -> Result<()>,
+    bytes: impl Fn(&mut S::Keyed<u64>, u64) -> Result<u64>,
+) -> Result<Reclaimed> {
+    let clock = StateClock::manual(0);
+    let mut b = keyed_on(backend, &clock, 1, 0, &[])?;
+    let config = StateTtlConfig::new(Duration::from_secs(1)).with_cleanup(cleanup);
+    let states = ReclaimStates {
+        value: b.value_state(&ValueStateDescriptor::<String>::new("v").with_ttl(config.clone()))?,
+        list: b.list_state(&ListStateDescriptor::<u64>::new("l").with_ttl(config.clone()))?,
+        map: b.map_state(&MapStateDescriptor::<u32, u64>::new("m").with_ttl(config))?,
+    };
+    let payload = "x".repeat(100);
+    for k in 0..n {
+        b.set_current_key(k)?;
+        states.value.on(&mut b).set(payload.clone())?;
+        states.list.on(&mut b).add_all(vec![k, k])?;
+        states.map.on(&mut b).put(1, k)?;
+        states.map.on(&mut b).put(2, k)?;
+    }
+    let entries_before = b.num_entries()?;
+    let bytes_before = bytes(&mut b, 1)?;
+    at(&clock, 10_000)?;
+    run_cleanup(&mut b, &states)?;
+    Ok(Reclaimed {
+        entries_before,
+        entries_after: b.num_entries()?,
+        bytes_before,
+        bytes_after: bytes(&mut b, 2)?,
+    })
+}
+
+/// The states [`reclamation`] writes, for cleanups that access them.
+pub struct ReclaimStates {
+    /// A value of 100 bytes per key.
+    pub value: state_api::state::access::ValueState<String>,
+    /// Two elements per key.
+    pub list: state_api::state::access::ListState<u64>,
+    /// Two entries per key.
+    pub map: state_api::state::access::MapState<u32, u64>,
+}
