@@ -284,3 +284,25 @@ fn restore_operator_and_raw(metadata_path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A savepoint of states with TTL (format version 3 on), in files: restored
+/// here, and the heap and RocksDB backends' restore here too.
+#[test]
+fn ttl_savepoint_fixtures() -> Result<()> {
+    use conformance_tests::fixtures::{restore_ttl_savepoint, write_ttl_savepoint};
+    write_if_missing("savepoint-ttl-fs", |root| {
+        write_ttl_savepoint(&fs(&root.join("work"), false)?, root)
+    })?;
+    let scratch = tempfile::tempdir().map_err(|e| state_api::Error::io("tempdir", e))?;
+    for name in [
+        "savepoint-ttl-fs",
+        "savepoint-ttl-memory",
+        "savepoint-ttl-rocksdb",
+    ] {
+        check_fixture(name, |m| {
+            restore_ttl_savepoint(&fs(scratch.path(), true)?, m)?;
+            restore_ttl_savepoint(&fs(scratch.path(), false)?, m)
+        })?;
+    }
+    Ok(())
+}

@@ -70,3 +70,19 @@ fn memory_savepoint_fixture() -> Result<()> {
 fn fs_savepoint_fixture_restores_on_the_heap_backend() -> Result<()> {
     check_fixture("savepoint-fs", |m| restore(m, 2))
 }
+
+/// A savepoint of states with TTL (format version 3 on): restored here, and
+/// the file backend's restores here too, with their timestamps.
+#[test]
+fn ttl_savepoint_fixtures() -> Result<()> {
+    use conformance_tests::fixtures::{restore_ttl_savepoint, write_ttl_savepoint};
+    write_if_missing("savepoint-ttl-memory", |root| {
+        write_ttl_savepoint(&MemoryStateBackend::new(), root)
+    })?;
+    check_fixture("savepoint-ttl-memory", |m| {
+        restore_ttl_savepoint(&MemoryStateBackend::new(), m)
+    })?;
+    check_fixture("savepoint-ttl-fs", |m| {
+        restore_ttl_savepoint(&MemoryStateBackend::new(), m)
+    })
+}

@@ -90,3 +90,24 @@ fn heap_savepoint_fixtures_restore_on_rocksdb() -> Result<()> {
     check_fixture("savepoint-memory", |m| restore_rocks(m, 2))?;
     check_fixture("savepoint-fs", |m| restore_rocks(m, 2))
 }
+
+/// A savepoint of states with TTL (format version 3 on), written by
+/// RocksDB: restored here (with the heap backends' too), timestamps intact.
+#[test]
+fn ttl_savepoint_fixtures() -> Result<()> {
+    use conformance_tests::fixtures::{restore_ttl_savepoint, write_ttl_savepoint};
+    write_if_missing("savepoint-ttl-rocksdb", |root| {
+        write_ttl_savepoint(&rocks(&root.join("work"))?, root)
+    })?;
+    for name in [
+        "savepoint-ttl-rocksdb",
+        "savepoint-ttl-memory",
+        "savepoint-ttl-fs",
+    ] {
+        check_fixture(name, |m| {
+            let scratch = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+            restore_ttl_savepoint(&rocks(scratch.path())?, m)
+        })?;
+    }
+    Ok(())
+}

@@ -279,3 +279,134 @@ fn check_damaged_copies(
     }
     Ok(())
 }
+
+/// The operator of the TTL fixtures ([`write_ttl_savepoint`]).
+pub const TTL_OPERATOR: &str = "ttl";
+/// The manual clock's time when the TTL fixtures were written.
+pub const TTL_WRITTEN_AT: i64 = 1_700_000_000_000;
+const TTL_KEYS: u64 = 16;
+const TTL_HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn ttl_descriptors() -> (
+    state_api::state::descriptor::ValueStateDescriptor<String>,
+    state_api::state::descriptor::ListStateDescriptor<u64>,
+    state_api::state::descriptor::MapStateDescriptor<u32, u64>,
+) {
+    use state_api::state::descriptor::{
+        ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+    };
+    use state_api::state::ttl::{StateTtlConfig, TtlTimeDomain, TtlUpdateType};
+    (
+        ValueStateDescriptor::new("ttl-value").with_ttl(StateTtlConfig::new(TTL_HOUR)),
+        ListStateDescriptor::new("ttl-list").with_ttl(
+            StateTtlConfig::new(TTL_HOUR).with_update_type(TtlUpdateType::OnReadAndWrite),
+        ),
+        MapStateDescriptor::new("ttl-map")
+            .with_ttl(StateTtlConfig::new(TTL_HOUR).with_time_domain(TtlTimeDomain::EventTime)),
+    )
+}
+
+/// Writes the TTL fixture of format version 3 on: a savepoint of operator
+/// [`TTL_OPERATOR`] at parallelism 2 whose value, list and map states have
+/// a one-hour TTL (processing time, on read, event time), written on a
+/// manual clock at [`TTL_WRITTEN_AT`] (and that watermark); returns its
+/// `_metadata`.
+pub fn write_ttl_savepoint<S: StateBackend>(backend: &S, root: &Path) -> Result<PathBuf> {
+    use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, OperatorState};
+    use state_api::format::frame::Compression;
+    use state_api::snapshot::SnapshotOptions;
+    use state_api::state::access::KeyedStateBackendExt;
+    use state_api::state::ttl::StateClock;
+    use state_api::KeyedStateBackend;
+
+    let mut coordinator = CheckpointCoordinator::open(
+        std::sync::Arc::new(LocalStorage),
+        root,
+        "job",
+        CheckpointConfig::default(),
+    )?;
+    let pending = coordinator.begin_savepoint(&root.join("savepoints"))?;
+    let clock = StateClock::manual(TTL_WRITTEN_AT);
+    clock.advance_watermark(TTL_WRITTEN_AT);
+    let (vd, ld, md) = ttl_descriptors();
+    let mut subtasks = Vec::new();
+    for index in 0..2 {
+        let mut b = crate::cases::ttl::keyed_on(backend, &clock, 2, index, &[])?;
+        let (v, l, m) = (b.value_state(&vd)?, b.list_state(&ld)?, b.map_state(&md)?);
+        for k in 0..TTL_KEYS {
+            if b.set_current_key(k).is_err() {
+                continue;
+            }
+            v.on(&mut b).set(format!("value {k}"))?;
+            l.on(&mut b).add_all(vec![k, k + 1])?;
+            m.on(&mut b).put(k as u32, k * 10)?;
+        }
+        let handle = pending
+            .snapshot_keyed(&mut b, SnapshotOptions::savepoint(Compression::None))?
+            .run()?;
+        subtasks.push(state_api::checkpoint::SubtaskState {
+            keyed: handle.into_iter().collect(),
+            ..Default::default()
+        });
+    }
+    let dir = coordinator.complete_savepoint(
+        pending.id,
+        vec![OperatorState {
+            operator_id: TTL_OPERATOR.into(),
+            parallelism: 2,
+            max_parallelism: crate::harness::MAX_PARALLELISM,
+            subtasks,
+        }],
+    )?;
+    Ok(dir.join(METADATA_FILE))
+}
+
+/// Restores a TTL fixture at parallelism 1: every value, list and map entry
+/// is there 59 minutes after it was written (processing time and
+/// watermark), and a cleanup an hour after removes all of them.
+pub fn restore_ttl_savepoint<S: StateBackend>(backend: &S, metadata_path: &Path) -> Result<()> {
+    use state_api::state::access::KeyedStateBackendExt;
+    use state_api::state::ttl::StateClock;
+    use state_api::KeyedStateBackend;
+
+    let metadata = load_metadata(&LocalStorage, metadata_path)?;
+    let state = metadata
+        .operator(TTL_OPERATOR)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} has no operator {TTL_OPERATOR}", metadata_path.display()),
+        })?;
+    let handles: Vec<_> = state
+        .subtasks
+        .iter()
+        .flat_map(|s| s.keyed.iter().cloned())
+        .collect();
+    let clock = StateClock::manual(TTL_WRITTEN_AT + 59 * 60_000);
+    clock.advance_watermark(TTL_WRITTEN_AT + 59 * 60_000);
+    let mut b = crate::cases::ttl::keyed_on(backend, &clock, 1, 0, &handles)?;
+    let (vd, ld, md) = ttl_descriptors();
+    let (v, l, m) = (b.value_state(&vd)?, b.list_state(&ld)?, b.map_state(&md)?);
+    for k in 0..TTL_KEYS {
+        b.set_current_key(k)?;
+        let at = metadata_path.display();
+        assert_eq!(v.on(&mut b).get()?, Some(format!("value {k}")), "{at}");
+        assert_eq!(l.on(&mut b).get()?, Some(vec![k, k + 1]), "{at}");
+        assert_eq!(m.on(&mut b).get(&(k as u32))?, Some(k * 10), "{at}");
+    }
+    // The list was read (and so refreshed) at 59 minutes; the others expire
+    // an hour after they were written.
+    clock.advance_processing_time(TTL_WRITTEN_AT + 60 * 60_000)?;
+    clock.advance_watermark(TTL_WRITTEN_AT + 60 * 60_000);
+    assert_eq!(
+        b.cleanup_expired()?,
+        2 * TTL_KEYS,
+        "the values and map entries"
+    );
+    clock.advance_processing_time(TTL_WRITTEN_AT + 119 * 60_000)?;
+    assert_eq!(
+        b.cleanup_expired()?,
+        2 * TTL_KEYS,
+        "then the refreshed lists"
+    );
+    assert_eq!(b.num_entries()?, 0);
+    Ok(())
+}
