@@ -30,6 +30,8 @@ pub enum FailPoint {
     Migrate,
     /// Deleting expired entries and trimming lists (`cleanup_expired`).
     TtlCleanup,
+    /// Adding, deleting or firing a timer.
+    TimerWrite,
     /// The synchronous part of an incremental checkpoint: switching the live
     /// memtables out for flushing.
     CheckpointFlush,

@@ -36,12 +36,15 @@ use state_api::state::{Namespace, StateKey, StateMeta, StateValue};
 use state_api::{Error, KeyGroupRange, Result};
 
 use crate::db::rocks_err;
-use crate::keys::{self, decode, put_prefix};
+use crate::keys::{self, put_prefix};
 use crate::native::Uploads;
 use crate::options::RocksOptions;
 use crate::restore;
 use crate::snapshot;
 use crate::store::{list_elements, RocksStore};
+use crate::timers::TimerHeads;
+use state_api::state::handle::TimerHandle;
+use state_api::timers::{decode_timestamp, encode_timestamp, Timer, TimerSpec};
 
 /// Value codecs of a registered state, by shape (the namespace type is part
 /// of the type, so a handle of other types is refused).
@@ -56,6 +59,10 @@ struct ListCodecs<N, T> {
 struct MapCodecs<N, UK, UV> {
     user_key: SharedCodec<UK>,
     user_value: SharedCodec<UV>,
+    _namespace: PhantomData<fn() -> N>,
+}
+
+struct TimerCodecs<N> {
     _namespace: PhantomData<fn() -> N>,
 }
 
@@ -95,6 +102,8 @@ pub struct RocksKeyedStateBackend<K: StateKey> {
     uploads: Arc<Mutex<Uploads>>,
     /// The clock TTL is measured against.
     clock: StateClock,
+    /// Cached heads of the registered timer states, by state index.
+    timer_heads: std::collections::HashMap<usize, TimerHeads>,
 }
 
 impl<K: StateKey> RocksKeyedStateBackend<K> {
@@ -143,6 +152,7 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
                 running: CancellationRegistry::default(),
                 uploads: Arc::default(),
                 clock: params.clock.clone(),
+                timer_heads: std::collections::HashMap::new(),
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(folder);
@@ -467,6 +477,106 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         Ok(MapHandle::new(core))
     }
 
+    fn register_timers<N: Namespace>(&mut self, spec: TimerSpec<N>) -> Result<TimerHandle<N>> {
+        let compat = [Compatibility::AsIs; 2];
+        let core = self.register(
+            spec.meta,
+            None,
+            &compat,
+            TimerCodecs::<N> {
+                _namespace: PhantomData,
+            },
+            spec.namespace_codec,
+            |_, bytes| Ok(bytes.to_vec()),
+        )?;
+        let i = core.index();
+        if !self.timer_heads.contains_key(&i) {
+            let heads = TimerHeads::load(&self.store, i, self.range, self.prefix_len)?;
+            self.timer_heads.insert(i, heads);
+        }
+        Ok(TimerHandle::new(core))
+    }
+
+    fn timer_add<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<bool> {
+        let i = self.timer_key::<N>(timers.core(), namespace, timestamp)?;
+        if self.store.get_raw(i, &self.item_buf)?.is_some() {
+            return Ok(false);
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.store.cf_at(i), &self.item_buf, []);
+        self.store.write_now(batch, "registering a timer")?;
+        if let Some(heads) = self.timer_heads.get_mut(&i) {
+            heads.added(self.current_group, timestamp, &self.item_buf);
+        }
+        Ok(true)
+    }
+
+    fn timer_remove<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<bool> {
+        let i = self.timer_key::<N>(timers.core(), namespace, timestamp)?;
+        if self.store.get_raw(i, &self.item_buf)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(self.store.cf_at(i), &self.item_buf);
+        self.store.write_now(batch, "deleting a timer")?;
+        if let Some(heads) = self.timer_heads.get_mut(&i) {
+            heads.removed(&self.store, i, self.current_group, &self.item_buf)?;
+        }
+        Ok(true)
+    }
+
+    fn timer_peek<N: Namespace>(&mut self, timers: &TimerHandle<N>) -> Result<Option<i64>> {
+        let i = self.timer_state::<N>(timers.core())?;
+        Ok(self.timer_heads.get(&i).and_then(TimerHeads::first))
+    }
+
+    fn timer_poll<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        up_to: i64,
+    ) -> Result<Option<Timer<K, N>>> {
+        let i = self.timer_state::<N>(timers.core())?;
+        let ns_codec = self.namespace_codec::<N>(i)?;
+        let Some(heads) = self.timer_heads.get_mut(&i) else {
+            return Ok(None);
+        };
+        let Some((_, raw)) = heads.poll(&self.store, i, up_to)? else {
+            return Ok(None);
+        };
+        let name = timers.core().name();
+        let d = keys::decode_for(
+            state_api::state::StateKind::Timers,
+            &raw,
+            self.prefix_len,
+            self.store.db_name(),
+        )?;
+        let timestamp = decode_timestamp(d.user_key).ok_or_else(|| Error::Corrupted {
+            file: self.store.db_name().to_string(),
+            offset: 0,
+            reason: format!("a timer of '{name}' without an 8-byte timestamp"),
+        })?;
+        Ok(Some(Timer {
+            timestamp,
+            key: self
+                .key_codec
+                .decode(d.key)
+                .map_err(|e| codec_error(name, "key", e))?,
+            namespace: ns_codec
+                .decode(d.namespace)
+                .map_err(|e| codec_error(name, "namespace", e))?,
+        }))
+    }
+
     fn state_metas(&self) -> Vec<StateMeta> {
         self.metas()
     }
@@ -756,16 +866,17 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
             .map_err(|e| codec_error(state.core().name(), "namespace", e))?;
         let key_codec = self.key_codec.clone();
         let mut out = Vec::new();
-        self.store.scan_entries(i, self.prefix_len, |k, ns| {
-            if ns == want.as_slice() {
-                out.push(
-                    key_codec
-                        .decode(k)
-                        .map_err(|e| codec_error("<key>", "key", e))?,
-                );
-            }
-            Ok(())
-        })?;
+        self.store
+            .scan_entries(i, self.states[i].meta.kind, self.prefix_len, |k, ns| {
+                if ns == want.as_slice() {
+                    out.push(
+                        key_codec
+                            .decode(k)
+                            .map_err(|e| codec_error("<key>", "key", e))?,
+                    );
+                }
+                Ok(())
+            })?;
         Ok(out)
     }
 
@@ -774,17 +885,18 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         let ns_codec = self.namespace_codec::<H::Namespace>(i)?;
         let key_codec = self.key_codec.clone();
         let mut out = Vec::new();
-        self.store.scan_entries(i, self.prefix_len, |k, ns| {
-            out.push((
-                key_codec
-                    .decode(k)
-                    .map_err(|e| codec_error("<key>", "key", e))?,
-                ns_codec
-                    .decode(ns)
-                    .map_err(|e| codec_error(state.core().name(), "namespace", e))?,
-            ));
-            Ok(())
-        })?;
+        self.store
+            .scan_entries(i, self.states[i].meta.kind, self.prefix_len, |k, ns| {
+                out.push((
+                    key_codec
+                        .decode(k)
+                        .map_err(|e| codec_error("<key>", "key", e))?,
+                    ns_codec
+                        .decode(ns)
+                        .map_err(|e| codec_error(state.core().name(), "namespace", e))?,
+                ));
+                Ok(())
+            })?;
         Ok(out)
     }
 
@@ -792,13 +904,13 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         self.store.check_open()?;
         self.store.flush_buffer()?;
         let mut n = 0;
-        for name in self.metas().iter().map(|m| m.name.clone()) {
+        for (name, kind) in self.metas().iter().map(|m| (m.name.clone(), m.kind)) {
             let cf = self.store.cf(&name)?;
             let mut it = self.store.db().raw_iterator_cf(&cf);
             it.seek_to_first();
             let mut last: Vec<u8> = Vec::new();
             while let Some(k) = it.key() {
-                let d = decode(k, self.prefix_len, self.store.db_name())?;
+                let d = keys::decode_for(kind, k, self.prefix_len, self.store.db_name())?;
                 if &k[..d.entry_len] != last.as_slice() {
                     n += 1;
                     last.clear();
@@ -918,6 +1030,43 @@ impl<K: StateKey> RocksKeyedStateBackend<K> {
             });
         }
         Ok(core.index())
+    }
+
+    /// The index of a timer state's handle.
+    fn timer_state<N: Namespace>(&self, core: &HandleCore) -> Result<usize> {
+        let i = self.handle_index(core)?;
+        if !self.states[i].codecs.is::<TimerCodecs<N>>() {
+            return Err(Error::ForeignHandle {
+                name: core.name().to_string(),
+            });
+        }
+        Ok(i)
+    }
+
+    /// The timer key of (current key, `namespace`, `timestamp`) in
+    /// `self.item_buf`; returns the timer state's index.
+    fn timer_key<N: Namespace>(
+        &mut self,
+        core: &HandleCore,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<usize> {
+        let i = self.locate::<TimerCodecs<N>, N>(core, namespace)?;
+        // `locate` left the encoded namespace in `value_buf`, and the current
+        // key's prefix, key length and key in `key_prefix`.
+        self.item_buf.clear();
+        let key = &self.key_prefix[self.prefix_len..];
+        let mut r = state_api::format::bytes::ByteReader::new(key, "current key", 0);
+        let encoded_key = r.bytes()?;
+        keys::put_timer_key(
+            &mut self.item_buf,
+            self.current_group,
+            self.prefix_len,
+            &encode_timestamp(timestamp),
+            encoded_key,
+            &self.value_buf,
+        );
+        Ok(i)
     }
 
     /// The namespace codec of state `i`, whatever its shape.

@@ -12,6 +12,7 @@
 //! the key and the namespace unambiguous, so a map's user key can follow them.
 
 use state_api::format::bytes::{put_varint, ByteReader};
+use state_api::state::StateKind;
 use state_api::{Error, Result};
 
 /// Bytes of the key-group prefix for a max parallelism.
@@ -94,6 +95,46 @@ pub fn decode<'a>(raw: &'a [u8], prefix_len: usize, db: &'a str) -> Result<Decod
     })
 }
 
+/// Appends a timer key (see [`crate::timers`]): key-group prefix, the
+/// 8-byte timestamp, the key, then the namespace.
+pub fn put_timer_key(
+    out: &mut Vec<u8>,
+    key_group: u32,
+    prefix_len: usize,
+    timestamp: &[u8],
+    key: &[u8],
+    namespace: &[u8],
+) {
+    put_prefix(out, key_group, prefix_len);
+    put_varint(out, timestamp.len() as u64);
+    out.extend_from_slice(timestamp);
+    put_varint(out, key.len() as u64);
+    out.extend_from_slice(key);
+    out.extend_from_slice(namespace);
+}
+
+/// Decodes a RocksDB key of a column family of a state of `kind`: a timer
+/// key's parts are put in their places (key, namespace, and the timestamp
+/// as the user key), and each timer is an entry of its own.
+pub fn decode_for<'a>(
+    kind: StateKind,
+    raw: &'a [u8],
+    prefix_len: usize,
+    db: &'a str,
+) -> Result<DecodedKey<'a>> {
+    let d = decode(raw, prefix_len, db)?;
+    if kind != StateKind::Timers {
+        return Ok(d);
+    }
+    Ok(DecodedKey {
+        key_group: d.key_group,
+        key: d.namespace,
+        namespace: d.user_key,
+        user_key: d.key,
+        entry_len: raw.len(),
+    })
+}
+
 /// The smallest key greater than every key starting with `prefix` (for range
 /// deletes and iteration bounds); `None` when no such key exists.
 pub fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -139,5 +180,12 @@ mod tests {
         assert_eq!(successor(&[1, 2, 0xff]), Some(vec![1, 3]));
         assert_eq!(successor(&[0xff, 0xff]), None);
         assert!(decode(&[5, 0x80], 1, "db").is_err());
+        let mut t = Vec::new();
+        put_timer_key(&mut t, 9, 1, &[1; 8], b"key", b"ns");
+        let d = decode_for(StateKind::Timers, &t, 1, "db").expect("decodes");
+        assert_eq!(
+            (d.key_group, d.key, d.namespace, d.user_key),
+            (9, &b"key"[..], &b"ns"[..], &[1u8; 8][..])
+        );
     }
 }

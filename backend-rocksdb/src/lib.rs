@@ -60,6 +60,7 @@ pub mod options;
 mod restore;
 mod snapshot;
 pub mod store;
+mod timers;
 mod ttl;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! canonical and heap-incremental handles are read record by record.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{Cache, ColumnFamilyDescriptor, WriteBatch};
 use state_api::backend::registration::{accept_restored_file, check_key_group};
@@ -11,7 +12,7 @@ use state_api::backend::KeyedBackendParams;
 use state_api::format::bytes::put_bytes;
 use state_api::format::keyed::{KeyedSnapshotReader, RecordBody};
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
-use state_api::state::{StateKey, StateMeta, StorageShape};
+use state_api::state::{StateKey, StateKind, StateMeta, StorageShape};
 use state_api::{Error, KeyGroupRange, Result};
 
 use crate::db::{column_family_options, open_instance, rocks_err, Db, FolderGuard};
@@ -100,6 +101,37 @@ pub(crate) fn open_store<K: StateKey>(
     }
     store.raise_list_bound(list_bound);
     Ok((store, metas))
+}
+
+/// Deletes every timer of (key, namespace) in key group `kg` (a delete record
+/// of a delta file, restored into a timer state).
+fn delete_timers_of(
+    store: &RocksStore,
+    cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
+    kg: u32,
+    prefix_len: usize,
+    key: &[u8],
+    namespace: &[u8],
+) -> Result<()> {
+    let prefix = keys::prefix(kg, prefix_len);
+    let mut read = rocksdb::ReadOptions::default();
+    if let Some(end) = keys::successor(&prefix) {
+        read.set_iterate_upper_bound(end);
+    }
+    let mut it = store.inst().db.raw_iterator_cf_opt(cf, read);
+    it.seek(&prefix);
+    let mut batch = WriteBatch::default();
+    while let Some(k) = it.key() {
+        let d = keys::decode_for(StateKind::Timers, k, prefix_len, store.db_name())?;
+        if d.key == key && d.namespace == namespace {
+            batch.delete_cf(cf, k);
+        }
+        it.next();
+    }
+    it.status()
+        .map_err(rocks_err(store.db_name(), "reading timers"))?;
+    drop(it);
+    store.restore_write(batch)
 }
 
 /// Whether a native checkpoint holds list states.
@@ -215,6 +247,21 @@ fn restore_canonical<K: StateKey>(
             reader.for_each_record(kg, |r| {
                 check_key_group(&file, 0, r.key, kg, max_parallelism)?;
                 let cf = &cfs[r.state as usize];
+                if meta.states[r.state as usize].kind == StateKind::Timers {
+                    match &r.body {
+                        RecordBody::MapEntry { key: ts, .. } => {
+                            let mut k = Vec::new();
+                            keys::put_timer_key(&mut k, kg, prefix_len, ts, r.key, r.namespace);
+                            batch.put_cf(cf, k, []);
+                        }
+                        RecordBody::Delete => {
+                            store.restore_write(std::mem::take(&mut batch))?;
+                            delete_timers_of(store, cf, kg, prefix_len, r.key, r.namespace)?;
+                        }
+                        _ => {}
+                    }
+                    return Ok(());
+                }
                 entry.clear();
                 put_entry_key(&mut entry, kg, prefix_len, r.key, r.namespace);
                 match &r.body {

@@ -18,7 +18,7 @@ use state_api::state::{StateMeta, StorageShape};
 use state_api::{Error, KeyGroupRange, Result};
 
 use crate::db::{rocks_err, Db, DbSnapshot};
-use crate::keys::{self, decode, DecodedKey};
+use crate::keys::{self, DecodedKey};
 use crate::native::{Capture, NativeSnapshot, Uploads};
 use crate::store::{list_elements, RocksStore};
 
@@ -145,9 +145,9 @@ pub(crate) fn scan_key_groups(
             let Some(it) = it else {
                 continue;
             };
-            let shape = states[si].kind.shape();
+            let (kind, shape) = (states[si].kind, states[si].kind.shape());
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                let key = decode(k, prefix_len, db)?;
+                let key = keys::decode_for(kind, k, prefix_len, db)?;
                 if key.key_group != kg {
                     break;
                 }

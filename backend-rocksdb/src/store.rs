@@ -45,7 +45,7 @@ use state_api::{Error, Result};
 use crate::buffer::WriteBuffer;
 use crate::db::{column_family_options, rocks_err, Db, DbHandles, DbInstance};
 use crate::fault::FailPoint;
-use crate::keys::{self, decode};
+use crate::keys;
 use crate::list_bound::ListBounds;
 use crate::memory::BudgetMember;
 use crate::native::{self, CaptureGate};
@@ -138,6 +138,15 @@ impl RocksStore {
     /// The TTL compaction filters of the column families.
     pub(crate) fn ttl_filters(&self) -> &TtlFilters {
         &self.ttl_filters
+    }
+
+    /// Writes `batch` into the live instance now, past the write buffer
+    /// (timers: their column families are read by iterators, which do not
+    /// see the buffer). A failure poisons the store, like any write.
+    pub(crate) fn write_now(&self, batch: WriteBatch, what: &str) -> Result<()> {
+        self.check_open()?;
+        self.before_write(batch.size_in_bytes(), batch.len());
+        self.live(self.write_batch(batch, FailPoint::TimerWrite, what))
     }
 
     /// Deletes the expired entries of a state with TTL and trims its lists
@@ -559,6 +568,7 @@ impl RocksStore {
     pub(crate) fn scan_entries(
         &self,
         index: usize,
+        kind: state_api::state::StateKind,
         prefix_len: usize,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
@@ -567,13 +577,22 @@ impl RocksStore {
         let mut it = self.inst.db.raw_iterator_cf(cf);
         it.seek_to_first();
         let mut last: Vec<u8> = Vec::new();
+        // Timers are entries of their own: one (key, namespace) may have
+        // several, not next to each other.
+        let mut seen: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
         while let Some(k) = it.key() {
-            let d = decode(k, prefix_len, self.db_name())?;
-            let entry = &k[..d.entry_len];
-            if entry != last.as_slice() {
-                f(d.key, d.namespace)?;
-                last.clear();
-                last.extend_from_slice(entry);
+            let d = keys::decode_for(kind, k, prefix_len, self.db_name())?;
+            if kind == state_api::state::StateKind::Timers {
+                if seen.insert((d.key.to_vec(), d.namespace.to_vec())) {
+                    f(d.key, d.namespace)?;
+                }
+            } else {
+                let entry = &k[..d.entry_len];
+                if entry != last.as_slice() {
+                    f(d.key, d.namespace)?;
+                    last.clear();
+                    last.extend_from_slice(entry);
+                }
             }
             it.next();
         }

@@ -31,6 +31,7 @@ pub mod format;
 pub mod key_group;
 pub mod snapshot;
 pub mod state;
+pub mod timers;
 
 pub use backend::keyed::KeyedStateBackend;
 pub use backend::operator::{DefaultOperatorStateBackend, OperatorStateBackend};

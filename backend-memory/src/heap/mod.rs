@@ -15,6 +15,8 @@ mod restore;
 mod snapshot;
 mod store;
 pub mod table;
+pub mod timer_queue;
+mod timers;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -28,10 +30,13 @@ use state_api::snapshot::task::{CancellationRegistry, SnapshotTask};
 use state_api::snapshot::{SnapshotKind, SnapshotOptions};
 use state_api::state::handle::{
     next_backend_instance_id, CellHandle, HandleCore, ListHandle, MapHandle, StateHandle,
+    TimerHandle,
 };
 use state_api::state::ttl::StateClock;
 use state_api::state::{Namespace, StateKey, StateMeta, StateValue};
+use state_api::timers::{Timer, TimerSpec};
 use state_api::{Error, KeyGroupRange, Result};
+use timers::TimerTable;
 
 use registration::{CellTable, ListTable, MapTable};
 pub use snapshot::IncrementalOptions;
@@ -189,6 +194,14 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         }
     }
 
+    /// The typed table of a handle, without a current key.
+    fn table_mut<T: 'static>(&mut self, core: &HandleCore) -> Result<&mut T> {
+        self.entry(core)?;
+        (&mut *self.store.states[core.index()].table as &mut dyn Any)
+            .downcast_mut::<T>()
+            .ok_or_else(|| foreign(core))
+    }
+
     /// Why a handle is refused: the backend is closed, or the handle is
     /// another backend's.
     #[cold]
@@ -291,6 +304,70 @@ impl<K: StateKey> KeyedStateBackend for HeapKeyedStateBackend<K> {
         let core = self.store.register_map(self.id, spec)?;
         self.registered(&core);
         Ok(MapHandle::new(core))
+    }
+
+    fn register_timers<N: Namespace>(&mut self, spec: TimerSpec<N>) -> Result<TimerHandle<N>> {
+        self.check_open()?;
+        let core = self.store.register_timers(self.id, spec)?;
+        Ok(TimerHandle::new(core))
+    }
+
+    fn timer_add<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<bool> {
+        let key_group = self.current_group;
+        let (table, key, _) = self.access::<TimerTable<K, N>>(timers.core())?;
+        let timer = Timer {
+            timestamp,
+            key: key.clone(),
+            namespace: namespace.clone(),
+        };
+        let added = table.queue.add(key_group, timer)?;
+        if added {
+            table.touch(key_group, key, namespace);
+        }
+        Ok(added)
+    }
+
+    fn timer_remove<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<bool> {
+        let key_group = self.current_group;
+        let (table, key, _) = self.access::<TimerTable<K, N>>(timers.core())?;
+        let timer = Timer {
+            timestamp,
+            key: key.clone(),
+            namespace: namespace.clone(),
+        };
+        let removed = table.queue.remove(key_group, &timer)?;
+        if removed {
+            table.touch(key_group, key, namespace);
+        }
+        Ok(removed)
+    }
+
+    fn timer_peek<N: Namespace>(&mut self, timers: &TimerHandle<N>) -> Result<Option<i64>> {
+        let table = self.table_mut::<TimerTable<K, N>>(timers.core())?;
+        Ok(table.queue.peek().map(|(_, t)| t.timestamp))
+    }
+
+    fn timer_poll<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        up_to: i64,
+    ) -> Result<Option<Timer<K, N>>> {
+        let table = self.table_mut::<TimerTable<K, N>>(timers.core())?;
+        let Some((key_group, timer)) = table.queue.poll_due(up_to) else {
+            return Ok(None);
+        };
+        table.touch(key_group, &timer.key, &timer.namespace);
+        Ok(Some(timer))
     }
 
     fn state_metas(&self) -> Vec<StateMeta> {

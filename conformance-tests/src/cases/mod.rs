@@ -10,6 +10,7 @@ pub mod checkpointed;
 pub mod keyed;
 pub mod operator;
 pub mod snapshot;
+pub mod timers;
 pub mod ttl;
 
 /// Calls `$callback!($backend; module::case, ...)` with every case of the suite.
@@ -88,6 +89,11 @@ macro_rules! for_each_case {
             snapshot::restore_with_declared_type_migration,
             snapshot::notify_checkpoint_contract,
             snapshot::failed_migration_leaves_no_partial_state,
+            timers::timers_fire_in_order,
+            timers::timers_delete,
+            timers::timers_domains_and_firing_while_processing,
+            timers::timers_snapshot_with_pending,
+            timers::timers_rescale_1_to_3_and_3_to_1,
             ttl::ttl_value_expires,
             ttl::ttl_update_on_read,
             ttl::ttl_return_expired_if_not_cleaned_up,

@@ -24,9 +24,12 @@ use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::stream::CheckpointStreamFactory;
 use crate::snapshot::task::SnapshotTask;
 use crate::snapshot::SnapshotOptions;
-use crate::state::handle::{CellHandle, HandleCore, ListHandle, MapHandle, StateHandle};
+use crate::state::handle::{
+    CellHandle, HandleCore, ListHandle, MapHandle, StateHandle, TimerHandle,
+};
 use crate::state::ttl::{StateClock, StateTtlConfig};
 use crate::state::{Namespace, StateKey, StateMeta, StateValue};
+use crate::timers::{Timer, TimerSpec};
 
 /// What a backend needs to reclaim the expired entries of a state with
 /// time-to-live (see [`crate::state::ttl`]). Its stored values (cells, list
@@ -150,6 +153,40 @@ pub trait KeyedStateBackend: Send + Sized {
         &mut self,
         spec: MapSpec<N, UK, UV>,
     ) -> Result<MapHandle<N, UK, UV>>;
+
+    /// Registers (or returns the existing) timer state: timers on (key,
+    /// namespace, timestamp) of one time domain (see [`crate::timers`]).
+    fn register_timers<N: Namespace>(&mut self, spec: TimerSpec<N>) -> Result<TimerHandle<N>>;
+
+    /// Adds a timer of the current key; false (and no change) when it is
+    /// there already.
+    fn timer_add<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<bool>;
+
+    /// Removes a timer of the current key; false when there was none.
+    fn timer_remove<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        namespace: &N,
+        timestamp: i64,
+    ) -> Result<bool>;
+
+    /// The earliest timestamp of any timer of `timers` (of any key), if any.
+    /// Does not need a current key.
+    fn timer_peek<N: Namespace>(&mut self, timers: &TimerHandle<N>) -> Result<Option<i64>>;
+
+    /// Removes and returns the earliest timer of `timers` if its timestamp is
+    /// at most `up_to` (equal timestamps: the smaller key group first). Does
+    /// not need a current key, and does not change it.
+    fn timer_poll<N: Namespace>(
+        &mut self,
+        timers: &TimerHandle<N>,
+        up_to: i64,
+    ) -> Result<Option<Timer<Self::Key, N>>>;
 
     /// Metas of every state this backend knows: registered ones, and restored
     /// ones not registered yet (these are kept and written to snapshots).

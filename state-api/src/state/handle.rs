@@ -117,3 +117,7 @@ typed_handle!(
     /// A state stored as a map `UK -> UV` per (key, namespace).
     MapHandle<UK, UV>
 );
+typed_handle!(
+    /// The timers of one time domain, stored per key group.
+    TimerHandle<>
+);

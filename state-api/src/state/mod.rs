@@ -53,6 +53,9 @@ pub enum StateKind {
     Aggregating,
     /// [`access::MapState`].
     Map,
+    /// The timers of one time domain of a [`crate::timers::TimerService`]
+    /// (format version 3 on).
+    Timers,
 }
 
 impl StateKind {
@@ -61,7 +64,7 @@ impl StateKind {
         match self {
             StateKind::Value | StateKind::Reducing | StateKind::Aggregating => StorageShape::Cell,
             StateKind::List => StorageShape::List,
-            StateKind::Map => StorageShape::Map,
+            StateKind::Map | StateKind::Timers => StorageShape::Map,
         }
     }
 
@@ -73,6 +76,7 @@ impl StateKind {
             StateKind::Reducing => 3,
             StateKind::Aggregating => 4,
             StateKind::Map => 5,
+            StateKind::Timers => 6,
         }
     }
 
@@ -84,6 +88,7 @@ impl StateKind {
             3 => StateKind::Reducing,
             4 => StateKind::Aggregating,
             5 => StateKind::Map,
+            6 => StateKind::Timers,
             _ => return None,
         })
     }
@@ -97,6 +102,7 @@ impl fmt::Display for StateKind {
             StateKind::Reducing => "reducing state",
             StateKind::Aggregating => "aggregating state",
             StateKind::Map => "map state",
+            StateKind::Timers => "timers",
         };
         f.write_str(s)
     }
