@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::state::access::{KeyedStateBackendExt, ListState, MapState, TypedState, ValueState};
 use state_api::state::descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
+use state_api::timers::TimerService;
 use state_api::{codec, KeyedStateBackend, Result, StateBackend};
 
 use crate::harness::{keyed, owner, rescale_keyed, snapshot};
@@ -46,6 +47,12 @@ pub enum Op {
     MapRemove(Key, Ns, u8),
     /// Map state: read one entry and the whole map, and compare.
     MapGet(Key, Ns, u8),
+    /// Timers: register an event-time timer.
+    TimerRegister(Key, Ns, i64),
+    /// Timers: delete one.
+    TimerDelete(Key, Ns, i64),
+    /// Timers: advance the watermark of every subtask and compare what fires.
+    AdvanceWatermark(i64),
     /// Snapshot every subtask; remember the handles and the model.
     Snapshot,
     /// Restore the `n`-th stored snapshot (modulo their count) at a parallelism.
@@ -66,7 +73,10 @@ pub fn ops() -> impl Strategy<Value = Vec<Op>> {
         2 => (key.clone(), ns.clone()).prop_map(|(k, n)| Op::ListGet(k, n)),
         3 => (key.clone(), ns.clone(), 0u8..8, any::<u16>()).prop_map(|(k, n, u, v)| Op::MapPut(k, n, u, v)),
         1 => (key.clone(), ns.clone(), 0u8..8).prop_map(|(k, n, u)| Op::MapRemove(k, n, u)),
-        2 => (key, ns, 0u8..8).prop_map(|(k, n, u)| Op::MapGet(k, n, u)),
+        2 => (key.clone(), ns.clone(), 0u8..8).prop_map(|(k, n, u)| Op::MapGet(k, n, u)),
+        2 => (key.clone(), ns.clone(), 0i64..60).prop_map(|(k, n, t)| Op::TimerRegister(k, n, t)),
+        1 => (key, ns, 0i64..60).prop_map(|(k, n, t)| Op::TimerDelete(k, n, t)),
+        1 => (0i64..70).prop_map(Op::AdvanceWatermark),
         1 => Just(Op::Snapshot),
         1 => (any::<usize>(), 1u32..6).prop_map(|(i, p)| Op::Restore(i, p)),
         1 => Just(Op::Reopen),
@@ -80,12 +90,26 @@ struct Model {
     values: BTreeMap<(Key, Ns), i64>,
     lists: BTreeMap<(Key, Ns), Vec<u8>>,
     maps: BTreeMap<(Key, Ns), BTreeMap<u8, u16>>,
+    /// Pending timers: (timestamp, key, namespace).
+    timers: BTreeSet<(i64, Key, Ns)>,
+}
+
+impl Model {
+    /// The model without its timers, which reads do not list: they are
+    /// compared by firing them.
+    fn stored(&self) -> Model {
+        Model {
+            timers: BTreeSet::new(),
+            ..self.clone()
+        }
+    }
 }
 
 struct States {
     value: ValueState<i64, Ns>,
     list: ListState<u8, Ns>,
     map: MapState<u8, u16, Ns>,
+    timers: TimerService<Ns>,
 }
 
 fn register<B: KeyedStateBackend>(b: &mut B) -> Result<States> {
@@ -99,6 +123,7 @@ fn register<B: KeyedStateBackend>(b: &mut B) -> Result<States> {
         map: b.map_state(
             &MapStateDescriptor::<u8, u16>::new("map").with_namespace(codec::postcard::<Ns>()),
         )?,
+        timers: TimerService::new(b, "timers", codec::postcard::<Ns>())?,
     })
 }
 
@@ -116,6 +141,29 @@ impl<B: KeyedStateBackend<Key = Key>> Job<B> {
         let sub = &mut self.subtasks[i as usize];
         sub.0.set_current_key(key)?;
         Ok(sub)
+    }
+
+    /// Fires every timer at or before `watermark` on every subtask; returns
+    /// them, checking each subtask fires in timestamp order and only timers
+    /// of keys it owns.
+    fn fire(&mut self, watermark: i64) -> Result<BTreeSet<(i64, Key, Ns)>> {
+        let p = self.parallelism();
+        let mut all = BTreeSet::new();
+        for (i, (b, s)) in self.subtasks.iter_mut().enumerate() {
+            let mut fired = Vec::new();
+            s.timers.advance_watermark(b, watermark, |_, t| {
+                fired.push((t.timestamp, t.key, t.namespace));
+                Ok(())
+            })?;
+            for w in fired.windows(2) {
+                assert!(w[0].0 <= w[1].0, "subtask {i} fired out of order: {w:?}");
+            }
+            for f in fired {
+                assert_eq!(owner(&f.1, MODEL_MAX_PARALLELISM, p)?, i as u32);
+                assert!(all.insert(f), "{f:?} fired twice");
+            }
+        }
+        Ok(all)
     }
 
     /// Reads every entry of every state from every subtask into a model,
@@ -272,6 +320,29 @@ pub fn check<S: StateBackend>(backend: &S, ops: &[Op]) -> Result<()> {
                     "map is_empty ({k}, {n})"
                 );
             }
+            Op::TimerRegister(k, n, t) => {
+                let (b, s) = job.at(*k)?;
+                let fresh = s.timers.register_event_time_timer(b, n, *t)?;
+                assert_eq!(
+                    fresh,
+                    model.timers.insert((*t, *k, *n)),
+                    "timer ({k}, {n}, {t})"
+                );
+            }
+            Op::TimerDelete(k, n, t) => {
+                let (b, s) = job.at(*k)?;
+                let was = s.timers.delete_event_time_timer(b, n, *t)?;
+                assert_eq!(
+                    was,
+                    model.timers.remove(&(*t, *k, *n)),
+                    "timer ({k}, {n}, {t})"
+                );
+            }
+            Op::AdvanceWatermark(w) => {
+                let due: BTreeSet<_> = model.timers.iter().filter(|t| t.0 <= *w).copied().collect();
+                model.timers.retain(|t| t.0 > *w);
+                assert_eq!(job.fire(*w)?, due, "timers fired at watermark {w}");
+            }
             Op::Snapshot => {
                 let handles = take(&mut job)?;
                 saved.push((handles, model.clone()));
@@ -295,7 +366,7 @@ pub fn check<S: StateBackend>(backend: &S, ops: &[Op]) -> Result<()> {
                 model = m;
                 assert_eq!(
                     job.contents()?,
-                    model,
+                    model.stored(),
                     "contents after restoring at parallelism {p}"
                 );
             }
@@ -308,11 +379,17 @@ pub fn check<S: StateBackend>(backend: &S, ops: &[Op]) -> Result<()> {
                     p,
                 )?;
                 job = open(&assigned)?;
-                assert_eq!(job.contents()?, model, "contents after reopening");
+                assert_eq!(job.contents()?, model.stored(), "contents after reopening");
             }
         }
     }
+    let pending = std::mem::take(&mut model.timers);
     assert_eq!(job.contents()?, model, "final contents");
+    assert_eq!(
+        job.fire(i64::MAX)?,
+        pending,
+        "every pending timer fires once"
+    );
     Ok(())
 }
 
