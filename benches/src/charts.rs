@@ -44,7 +44,7 @@ const PALETTE: &[RGBColor] = &[
     RGBColor(227, 119, 194), // raw-rocksdb
     RGBColor(127, 127, 127), // raw-rocksdb-layout
     RGBColor(188, 189, 34),  // sled
-    RGBColor(23, 190, 207),
+    RGBColor(23, 190, 207),  // binary-heap
     RGBColor(57, 59, 121),
     RGBColor(173, 73, 74),
     RGBColor(99, 121, 57),
@@ -531,6 +531,7 @@ mod tests {
         let colours = Colours::new(&results);
         assert_eq!(colours.of("memory"), PALETTE[0]);
         assert_eq!(colours.of("sled"), PALETTE[8]);
-        assert_eq!(colours.of("zeta"), PALETTE[9]);
+        assert_eq!(colours.of("binary-heap"), PALETTE[9]);
+        assert_eq!(colours.of("zeta"), PALETTE[10]);
     }
 }

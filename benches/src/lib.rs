@@ -31,6 +31,7 @@ pub mod rng;
 pub mod runner;
 pub mod subject;
 pub mod throughput;
+pub mod timers;
 pub mod workload;
 
 /// Errors of the harness: the backend's own, a baseline's, or a workload

@@ -22,6 +22,7 @@ pub const SUBJECTS: &[&str] = &[
     "raw-rocksdb",
     "raw-rocksdb-layout",
     "sled",
+    "binary-heap",
 ];
 
 /// Workload families in display order; unknown families follow in order of
@@ -32,6 +33,7 @@ pub const FAMILIES: &[&str] = &[
     "large-state",
     "checkpoint",
     "memory",
+    "timers",
 ];
 
 /// Families whose figures are operations per second, shown as a table of
@@ -62,6 +64,9 @@ pub const CHECKPOINT_WORKLOADS: &[&str] = &[
     "rescale.4-3",
 ];
 
+/// Workloads of the `timers` family, in display order.
+pub const TIMER_WORKLOADS: &[&str] = &["register", "fire"];
+
 /// Workloads of the `memory` family, in display order.
 pub const MEMORY_WORKLOADS: &[&str] = &["resident"];
 
@@ -81,6 +86,7 @@ pub const RATIOS: &[(&str, &str)] = &[
     ("fs", "memory"),
     ("fs-incremental", "fs"),
     ("rocksdb", "fs"),
+    ("memory", "binary-heap"),
 ];
 
 /// Two runs' figures within this fraction of each other are called `same`.
@@ -104,6 +110,10 @@ const BASELINES: &[(&str, &str)] = &[
         "raw-rocksdb-layout",
         "rust-rocksdb with the backend's options and key bytes (key-group prefix, lengths)",
     ),
+    (
+        "binary-heap",
+        "a std BinaryHeap of (timestamp, key) timers, the upper limit for heap timers",
+    ),
     ("sled", "sled 0.34 with the backend's key bytes"),
 ];
 
@@ -114,6 +124,7 @@ pub fn known_workloads(family: &str) -> &'static [&'static str] {
         "throughput" | "throughput-string" | "large-state" => THROUGHPUT_WORKLOADS,
         "checkpoint" => CHECKPOINT_WORKLOADS,
         "memory" => MEMORY_WORKLOADS,
+        "timers" => TIMER_WORKLOADS,
         _ => &[],
     }
 }
@@ -378,6 +389,10 @@ fn family_title(family: &str, results: &Results) -> String {
         "memory" => format!(
             "Memory (bytes per entry; {} entries)",
             group_digits(options.memory_entries)
+        ),
+        "timers" => format!(
+            "Timers (timers/s; {} registered, then fired by one watermark)",
+            group_digits(options.timers)
         ),
         other => {
             let units = ordered(&[], of_family(results, other).map(|m| m.unit.as_str()));
@@ -736,6 +751,7 @@ pub fn render_report(results: &Results, previous: Option<&Results>, charts: &[St
         match family.as_str() {
             "checkpoint" => checkpoint_section(&mut out, results, family),
             "memory" => memory_section(&mut out, results, family),
+            "timers" => throughput_section(&mut out, results, family, true),
             f if THROUGHPUT_FAMILIES.contains(&f) => {
                 throughput_section(&mut out, results, family, true)
             }
@@ -780,6 +796,7 @@ mod tests {
                 checkpoint_keys: 100_000,
                 memory_entries: 1_000_000,
                 seed: 42,
+                timers: 0,
             },
             measurements,
         }

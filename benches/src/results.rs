@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub memory_entries: u64,
     /// Seed of the access streams.
     pub seed: u64,
+    /// Timers of the timer workloads (0 in runs from before they existed).
+    #[serde(default)]
+    pub timers: u64,
 }
 
 /// Whether a larger or a smaller figure is better.

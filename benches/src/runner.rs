@@ -24,6 +24,8 @@ pub struct Selection {
     pub checkpoint: bool,
     /// The memory family.
     pub memory: bool,
+    /// The timers family.
+    pub timers: bool,
 }
 
 fn value_workloads() -> Vec<Workload> {
@@ -39,6 +41,7 @@ impl Selection {
             large: value_workloads(),
             checkpoint: true,
             memory: true,
+            timers: true,
         }
     }
 
@@ -67,6 +70,7 @@ impl Selection {
                     .for_each(|w| add(&mut s.large, w)),
                 "checkpoint" => s.checkpoint = true,
                 "memory" => s.memory = true,
+                "timers" => s.timers = true,
                 _ => {
                     let (family, name) = match item.split_once('/') {
                         Some((f, n)) => (Some(f), n),
@@ -123,6 +127,9 @@ impl Selection {
         if self.memory {
             out.push("memory".into());
         }
+        if self.timers {
+            out.push("timers".into());
+        }
         out
     }
 }
@@ -148,6 +155,8 @@ pub struct RunConfig {
     pub checkpoint_keys: u32,
     /// Entries of the memory family.
     pub memory_entries: u32,
+    /// Timers of the timers family.
+    pub timers: u32,
     /// Seed of the access streams.
     pub seed: u64,
     /// Folder for the backends' files while they run.
@@ -172,6 +181,7 @@ impl RunConfig {
             large_keys: 20_000_000,
             checkpoint_keys: 1_000_000,
             memory_entries: 10_000_000,
+            timers: 1_000_000,
             seed: SEED,
             work,
             memory_exe: None,
@@ -189,6 +199,7 @@ impl RunConfig {
             large_keys: 200_000,
             checkpoint_keys: 50_000,
             memory_entries: 200_000,
+            timers: 50_000,
             ..RunConfig::full(work)
         }
     }
@@ -214,6 +225,7 @@ impl RunConfig {
             checkpoint_keys: u64::from(self.checkpoint_keys),
             memory_entries: u64::from(self.memory_entries),
             seed: self.seed,
+            timers: u64::from(self.timers),
         }
     }
 }
@@ -305,6 +317,18 @@ pub fn run(config: &RunConfig, progress: &Progress) -> Result<Results> {
         };
         results.measurements.extend(checkpoint::run(&c, progress)?);
     }
+    if config.selection.timers && config.timers > 0 {
+        let t = crate::timers::TimersBenchConfig {
+            timers: config.timers,
+            rounds: config.rounds,
+            subjects: config.subjects.clone(),
+            seed: config.seed,
+            work: config.work.clone(),
+        };
+        results
+            .measurements
+            .extend(crate::timers::run(&t, progress)?);
+    }
     if config.selection.memory {
         if let Some(exe) = &config.memory_exe {
             results.measurements.extend(memory::run(
@@ -390,7 +414,8 @@ mod tests {
                 "throughput-string",
                 "large-state",
                 "checkpoint",
-                "memory"
+                "memory",
+                "timers"
             ])),
             Ok(Selection::all())
         );
