@@ -95,7 +95,7 @@ pub fn decode<'a>(raw: &'a [u8], prefix_len: usize, db: &'a str) -> Result<Decod
     })
 }
 
-/// Appends a timer key (see [`crate::timers`]): key-group prefix, the
+/// Appends a timer key (see `state_api::timers`): key-group prefix, the
 /// 8-byte timestamp, the key, then the namespace.
 pub fn put_timer_key(
     out: &mut Vec<u8>,

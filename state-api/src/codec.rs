@@ -12,7 +12,10 @@
 //! written as one type and registered again as another fails with
 //! [`crate::Error::IncompatibleCodec`] instead of reading reinterpreted bytes.
 
+pub mod evolving;
 pub mod shape;
+
+pub use evolving::EvolvingCodec;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,6 +7,7 @@
 //! [`for_each_case!`](crate::for_each_case); every backend then runs it.
 
 pub mod checkpointed;
+pub mod evolution;
 pub mod keyed;
 pub mod operator;
 pub mod snapshot;
@@ -89,6 +90,8 @@ macro_rules! for_each_case {
             snapshot::restore_with_declared_type_migration,
             snapshot::notify_checkpoint_contract,
             snapshot::failed_migration_leaves_no_partial_state,
+            evolution::evolution_fields_added_and_removed,
+            evolution::evolution_map_user_key_cannot_change,
             timers::timers_fire_in_order,
             timers::timers_delete,
             timers::timers_domains_and_firing_while_processing,
