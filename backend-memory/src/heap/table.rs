@@ -279,6 +279,23 @@ pub struct StateTable<K, N, S, C> {
 /// The (key, namespace) entries changed in a period, per key group.
 pub type DirtySets<K, N> = Vec<HashSet<EntryKey<K, N>, TableHasher>>;
 
+/// Starts recording changes in `dirty` (for `key_groups` key groups).
+pub(crate) fn track<K, N>(dirty: &mut Option<DirtySets<K, N>>, key_groups: usize) {
+    if dirty.is_none() {
+        *dirty = Some(empty_dirty(key_groups));
+    }
+}
+
+/// Hands over the changes recorded in `dirty` and starts a new period;
+/// `None` when changes are not recorded.
+pub(crate) fn take_period<K: StateKey, N: Namespace>(
+    dirty: &mut Option<DirtySets<K, N>>,
+    key_groups: usize,
+) -> Option<Arc<dyn Any + Send + Sync>> {
+    let taken = std::mem::replace(dirty.as_mut()?, empty_dirty(key_groups));
+    Some(Arc::new(taken))
+}
+
 fn empty_dirty<K, N>(key_groups: usize) -> DirtySets<K, N> {
     (0..key_groups)
         .map(|_| HashSet::with_hasher(TableHasher::default()))
@@ -463,15 +480,11 @@ impl<K: StateKey, N: Namespace, S: StateValue, C: ShapeCodec<S>> ErasedTable<K>
     }
 
     fn track_changes(&mut self) {
-        if self.dirty.is_none() {
-            self.dirty = Some(empty_dirty(self.groups.len()));
-        }
+        track(&mut self.dirty, self.groups.len());
     }
 
     fn take_changes(&mut self) -> Option<Arc<dyn Any + Send + Sync>> {
-        let n = self.groups.len();
-        let taken = std::mem::replace(self.dirty.as_mut()?, empty_dirty(n));
-        Some(Arc::new(taken))
+        take_period(&mut self.dirty, self.groups.len())
     }
 
     fn cleanup_expired(&mut self, budget: Option<usize>, now: &TtlInstant) -> u64 {

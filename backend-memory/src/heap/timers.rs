@@ -23,7 +23,7 @@ use state_api::{Error, KeyGroupRange, Result};
 
 use super::store::HeapStore;
 use super::table::{
-    encode_into, DirtySets, EntryKey, ErasedTable, ErasedTableSnapshot, Scratch, TableHasher,
+    encode_into, take_period, track, DirtySets, EntryKey, ErasedTable, ErasedTableSnapshot, Scratch,
 };
 use super::timer_queue::KeyGroupedTimerQueue;
 
@@ -34,12 +34,6 @@ pub(crate) struct TimerTable<K, N> {
     pub(crate) queue: KeyGroupedTimerQueue<K, N>,
     namespace_codec: SharedCodec<N>,
     dirty: Option<DirtySets<K, N>>,
-}
-
-fn empty_dirty<K, N>(key_groups: usize) -> DirtySets<K, N> {
-    (0..key_groups)
-        .map(|_| HashSet::with_hasher(TableHasher::default()))
-        .collect()
 }
 
 impl<K: StateKey, N: Namespace> TimerTable<K, N> {
@@ -117,15 +111,11 @@ impl<K: StateKey, N: Namespace> ErasedTable<K> for TimerTable<K, N> {
     }
 
     fn track_changes(&mut self) {
-        if self.dirty.is_none() {
-            self.dirty = Some(empty_dirty(self.range.len()));
-        }
+        track(&mut self.dirty, self.range.len());
     }
 
     fn take_changes(&mut self) -> Option<Arc<dyn Any + Send + Sync>> {
-        let n = self.range.len();
-        let taken = std::mem::replace(self.dirty.as_mut()?, empty_dirty(n));
-        Some(Arc::new(taken))
+        take_period(&mut self.dirty, self.range.len())
     }
 
     fn cleanup_expired(&mut self, _budget: Option<usize>, _now: &TtlInstant) -> u64 {
