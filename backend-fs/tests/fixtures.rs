@@ -306,3 +306,24 @@ fn ttl_savepoint_fixtures() -> Result<()> {
     }
     Ok(())
 }
+
+/// A savepoint holding timers (format version 3 on), in files: restored
+/// here, with the heap backend's and RocksDB's.
+#[test]
+fn timer_savepoint_fixtures() -> Result<()> {
+    use conformance_tests::fixtures::{restore_timer_savepoint, write_timer_savepoint};
+    write_if_missing("savepoint-timers-fs", |root| {
+        write_timer_savepoint(&fs(&root.join("work"), false)?, root)
+    })?;
+    let scratch = tempfile::tempdir().map_err(|e| state_api::Error::io("tempdir", e))?;
+    for name in [
+        "savepoint-timers-fs",
+        "savepoint-timers-memory",
+        "savepoint-timers-rocksdb",
+    ] {
+        check_fixture(name, |m| {
+            restore_timer_savepoint(&fs(scratch.path(), true)?, m)
+        })?;
+    }
+    Ok(())
+}

@@ -86,3 +86,23 @@ fn ttl_savepoint_fixtures() -> Result<()> {
         restore_ttl_savepoint(&MemoryStateBackend::new(), m)
     })
 }
+
+/// A savepoint holding timers (format version 3 on): restored here, with
+/// the file backend's and RocksDB's; every timer fires once.
+#[test]
+fn timer_savepoint_fixtures() -> Result<()> {
+    use conformance_tests::fixtures::{restore_timer_savepoint, write_timer_savepoint};
+    write_if_missing("savepoint-timers-memory", |root| {
+        write_timer_savepoint(&MemoryStateBackend::new(), root)
+    })?;
+    for name in [
+        "savepoint-timers-memory",
+        "savepoint-timers-fs",
+        "savepoint-timers-rocksdb",
+    ] {
+        check_fixture(name, |m| {
+            restore_timer_savepoint(&MemoryStateBackend::new(), m)
+        })?;
+    }
+    Ok(())
+}

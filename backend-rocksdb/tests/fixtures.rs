@@ -111,3 +111,24 @@ fn ttl_savepoint_fixtures() -> Result<()> {
     }
     Ok(())
 }
+
+/// A savepoint holding timers (format version 3 on), written by RocksDB:
+/// restored here, with the heap backends'; every timer fires once.
+#[test]
+fn timer_savepoint_fixtures() -> Result<()> {
+    use conformance_tests::fixtures::{restore_timer_savepoint, write_timer_savepoint};
+    write_if_missing("savepoint-timers-rocksdb", |root| {
+        write_timer_savepoint(&rocks(&root.join("work"))?, root)
+    })?;
+    for name in [
+        "savepoint-timers-rocksdb",
+        "savepoint-timers-memory",
+        "savepoint-timers-fs",
+    ] {
+        check_fixture(name, |m| {
+            let scratch = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+            restore_timer_savepoint(&rocks(scratch.path())?, m)
+        })?;
+    }
+    Ok(())
+}
