@@ -428,7 +428,7 @@ fn fixture_timers() -> Vec<(i64, u64, u32)> {
 }
 
 /// Writes the timer fixture of format version 3 on: a savepoint of operator
-/// [`TIMER_OPERATOR`] at parallelism 2 holding [`fixture_timers`] (event
+/// [`TIMER_OPERATOR`] at parallelism 2 holding 64 timers (event
 /// time) of a timer service named `window`; returns its `_metadata`.
 pub fn write_timer_savepoint<S: StateBackend>(backend: &S, root: &Path) -> Result<PathBuf> {
     use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, OperatorState};
