@@ -280,6 +280,69 @@ fn check_damaged_copies(
     Ok(())
 }
 
+/// Writes a savepoint of operator `operator` at parallelism 2 under `root`:
+/// `fill` fills each subtask's keyed backend (on `clock`), which is then
+/// snapshotted. Returns the savepoint's `_metadata`.
+fn write_operator_savepoint<S: StateBackend>(
+    backend: &S,
+    root: &Path,
+    operator: &str,
+    clock: &state_api::state::ttl::StateClock,
+    mut fill: impl FnMut(&mut S::Keyed<u64>) -> Result<()>,
+) -> Result<PathBuf> {
+    use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, OperatorState};
+    use state_api::format::frame::Compression;
+    use state_api::snapshot::SnapshotOptions;
+
+    let mut coordinator = CheckpointCoordinator::open(
+        std::sync::Arc::new(LocalStorage),
+        root,
+        "job",
+        CheckpointConfig::default(),
+    )?;
+    let pending = coordinator.begin_savepoint(&root.join("savepoints"))?;
+    let mut subtasks = Vec::new();
+    for index in 0..2 {
+        let mut b = crate::cases::ttl::keyed_on(backend, clock, 2, index, &[])?;
+        fill(&mut b)?;
+        let handle = pending
+            .snapshot_keyed(&mut b, SnapshotOptions::savepoint(Compression::None))?
+            .run()?;
+        subtasks.push(state_api::checkpoint::SubtaskState {
+            keyed: handle.into_iter().collect(),
+            ..Default::default()
+        });
+    }
+    let dir = coordinator.complete_savepoint(
+        pending.id,
+        vec![OperatorState {
+            operator_id: operator.into(),
+            parallelism: 2,
+            max_parallelism: crate::harness::MAX_PARALLELISM,
+            subtasks,
+        }],
+    )?;
+    Ok(dir.join(METADATA_FILE))
+}
+
+/// The keyed handles of every subtask of `operator` in `metadata_path`.
+fn operator_handles(
+    metadata_path: &Path,
+    operator: &str,
+) -> Result<Vec<state_api::snapshot::handle::KeyedStateHandle>> {
+    let metadata = load_metadata(&LocalStorage, metadata_path)?;
+    let state = metadata
+        .operator(operator)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} has no operator {operator}", metadata_path.display()),
+        })?;
+    Ok(state
+        .subtasks
+        .iter()
+        .flat_map(|s| s.keyed.iter().cloned())
+        .collect())
+}
+
 /// The operator of the TTL fixtures ([`write_ttl_savepoint`]).
 pub const TTL_OPERATOR: &str = "ttl";
 /// The manual clock's time when the TTL fixtures were written.
@@ -312,53 +375,25 @@ fn ttl_descriptors() -> (
 /// manual clock at [`TTL_WRITTEN_AT`] (and that watermark); returns its
 /// `_metadata`.
 pub fn write_ttl_savepoint<S: StateBackend>(backend: &S, root: &Path) -> Result<PathBuf> {
-    use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, OperatorState};
-    use state_api::format::frame::Compression;
-    use state_api::snapshot::SnapshotOptions;
     use state_api::state::access::KeyedStateBackendExt;
     use state_api::state::ttl::StateClock;
     use state_api::KeyedStateBackend;
 
-    let mut coordinator = CheckpointCoordinator::open(
-        std::sync::Arc::new(LocalStorage),
-        root,
-        "job",
-        CheckpointConfig::default(),
-    )?;
-    let pending = coordinator.begin_savepoint(&root.join("savepoints"))?;
     let clock = StateClock::manual(TTL_WRITTEN_AT);
     clock.advance_watermark(TTL_WRITTEN_AT);
     let (vd, ld, md) = ttl_descriptors();
-    let mut subtasks = Vec::new();
-    for index in 0..2 {
-        let mut b = crate::cases::ttl::keyed_on(backend, &clock, 2, index, &[])?;
+    write_operator_savepoint(backend, root, TTL_OPERATOR, &clock, |b| {
         let (v, l, m) = (b.value_state(&vd)?, b.list_state(&ld)?, b.map_state(&md)?);
         for k in 0..TTL_KEYS {
             if b.set_current_key(k).is_err() {
                 continue;
             }
-            v.on(&mut b).set(format!("value {k}"))?;
-            l.on(&mut b).add_all(vec![k, k + 1])?;
-            m.on(&mut b).put(k as u32, k * 10)?;
+            v.on(b).set(format!("value {k}"))?;
+            l.on(b).add_all(vec![k, k + 1])?;
+            m.on(b).put(k as u32, k * 10)?;
         }
-        let handle = pending
-            .snapshot_keyed(&mut b, SnapshotOptions::savepoint(Compression::None))?
-            .run()?;
-        subtasks.push(state_api::checkpoint::SubtaskState {
-            keyed: handle.into_iter().collect(),
-            ..Default::default()
-        });
-    }
-    let dir = coordinator.complete_savepoint(
-        pending.id,
-        vec![OperatorState {
-            operator_id: TTL_OPERATOR.into(),
-            parallelism: 2,
-            max_parallelism: crate::harness::MAX_PARALLELISM,
-            subtasks,
-        }],
-    )?;
-    Ok(dir.join(METADATA_FILE))
+        Ok(())
+    })
 }
 
 /// Restores a TTL fixture at parallelism 1: every value, list and map entry
@@ -369,17 +404,7 @@ pub fn restore_ttl_savepoint<S: StateBackend>(backend: &S, metadata_path: &Path)
     use state_api::state::ttl::StateClock;
     use state_api::KeyedStateBackend;
 
-    let metadata = load_metadata(&LocalStorage, metadata_path)?;
-    let state = metadata
-        .operator(TTL_OPERATOR)
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!("{} has no operator {TTL_OPERATOR}", metadata_path.display()),
-        })?;
-    let handles: Vec<_> = state
-        .subtasks
-        .iter()
-        .flat_map(|s| s.keyed.iter().cloned())
-        .collect();
+    let handles = operator_handles(metadata_path, TTL_OPERATOR)?;
     let clock = StateClock::manual(TTL_WRITTEN_AT + 59 * 60_000);
     clock.advance_watermark(TTL_WRITTEN_AT + 59 * 60_000);
     let mut b = crate::cases::ttl::keyed_on(backend, &clock, 1, 0, &handles)?;
@@ -431,47 +456,19 @@ fn fixture_timers() -> Vec<(i64, u64, u32)> {
 /// [`TIMER_OPERATOR`] at parallelism 2 holding 64 timers (event
 /// time) of a timer service named `window`; returns its `_metadata`.
 pub fn write_timer_savepoint<S: StateBackend>(backend: &S, root: &Path) -> Result<PathBuf> {
-    use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, OperatorState};
-    use state_api::format::frame::Compression;
-    use state_api::snapshot::SnapshotOptions;
     use state_api::state::ttl::StateClock;
     use state_api::timers::TimerService;
     use state_api::KeyedStateBackend;
 
-    let mut coordinator = CheckpointCoordinator::open(
-        std::sync::Arc::new(LocalStorage),
-        root,
-        "job",
-        CheckpointConfig::default(),
-    )?;
-    let pending = coordinator.begin_savepoint(&root.join("savepoints"))?;
-    let mut subtasks = Vec::new();
-    for index in 0..2 {
-        let mut b = crate::cases::ttl::keyed_on(backend, &StateClock::manual(0), 2, index, &[])?;
-        let timers = TimerService::new(&mut b, "window", state_api::codec::postcard::<u32>())?;
+    write_operator_savepoint(backend, root, TIMER_OPERATOR, &StateClock::manual(0), |b| {
+        let timers = TimerService::new(b, "window", state_api::codec::postcard::<u32>())?;
         for (ts, k, ns) in fixture_timers() {
             if b.set_current_key(k).is_ok() {
-                timers.register_event_time_timer(&mut b, &ns, ts)?;
+                timers.register_event_time_timer(b, &ns, ts)?;
             }
         }
-        let handle = pending
-            .snapshot_keyed(&mut b, SnapshotOptions::savepoint(Compression::None))?
-            .run()?;
-        subtasks.push(state_api::checkpoint::SubtaskState {
-            keyed: handle.into_iter().collect(),
-            ..Default::default()
-        });
-    }
-    let dir = coordinator.complete_savepoint(
-        pending.id,
-        vec![OperatorState {
-            operator_id: TIMER_OPERATOR.into(),
-            parallelism: 2,
-            max_parallelism: crate::harness::MAX_PARALLELISM,
-            subtasks,
-        }],
-    )?;
-    Ok(dir.join(METADATA_FILE))
+        Ok(())
+    })
 }
 
 /// Restores a timer fixture at parallelism 1 and 3: every timer fires
@@ -480,20 +477,7 @@ pub fn restore_timer_savepoint<S: StateBackend>(backend: &S, metadata_path: &Pat
     use state_api::state::ttl::StateClock;
     use state_api::timers::TimerService;
 
-    let metadata = load_metadata(&LocalStorage, metadata_path)?;
-    let state = metadata
-        .operator(TIMER_OPERATOR)
-        .ok_or_else(|| Error::InvalidArgument {
-            what: format!(
-                "{} has no operator {TIMER_OPERATOR}",
-                metadata_path.display()
-            ),
-        })?;
-    let handles: Vec<_> = state
-        .subtasks
-        .iter()
-        .flat_map(|s| s.keyed.iter().cloned())
-        .collect();
+    let handles = operator_handles(metadata_path, TIMER_OPERATOR)?;
     let mut expected = fixture_timers();
     expected.sort();
     for p in [1, 3] {

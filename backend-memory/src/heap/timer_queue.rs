@@ -66,7 +66,7 @@ const NOT_QUEUED: u32 = u32::MAX;
 /// one that held timers keeps its capacity until [`clear`](Self::clear).
 ///
 /// ```
-/// use state_api::timer::{KeyGroupedTimerQueue, TimerKey};
+/// use backend_memory::heap::timer_queue::{KeyGroupedTimerQueue, TimerKey};
 /// use state_api::KeyGroupRange;
 ///
 /// let mut timers = KeyGroupedTimerQueue::new(KeyGroupRange::new(0, 127));
