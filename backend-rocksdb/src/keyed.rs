@@ -511,7 +511,13 @@ impl<K: StateKey> KeyedStateBackend for RocksKeyedStateBackend<K> {
         batch.put_cf(self.store.cf_at(i), &self.item_buf, []);
         self.store.write_now(batch, "registering a timer")?;
         if let Some(heads) = self.timer_heads.get_mut(&i) {
-            heads.added(self.current_group, timestamp, &self.item_buf);
+            heads.added(
+                &self.store,
+                i,
+                self.current_group,
+                timestamp,
+                &self.item_buf,
+            )?;
         }
         Ok(true)
     }

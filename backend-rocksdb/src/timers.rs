@@ -12,11 +12,15 @@
 //! key = timestamp, namespace = key, user key = namespace;
 //! [`crate::keys::decode_for`] puts the parts back in their places, so
 //! snapshots, export and restore see one map record per timer, as every
-//! backend writes them. Polling the earliest timer of a key group seeks from
-//! the key last polled there (a *hint*), not from the key group's start, so
-//! the tombstones of fired timers are not read again and again.
+//! backend writes them.
+//!
+//! Each key group's first timers (up to 64) are read ahead into memory,
+//! kept in step with additions and deletions: firing takes the head from
+//! there, and one seek reads the next batch when they run out. That seek
+//! starts from the key last fired there (a *hint*), not from the key
+//! group's start, so the tombstones of fired timers are not read again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use rocksdb::{ReadOptions, WriteBatch};
 use state_api::{KeyGroupRange, Result};
@@ -25,12 +29,25 @@ use crate::db::rocks_err;
 use crate::keys;
 use crate::store::RocksStore;
 
+/// Timers of a key group read ahead into memory: firing takes them from
+/// here, and one seek reads the next batch.
+const READ_AHEAD: usize = 64;
+
+/// The cached first timers of one key group.
+#[derive(Default)]
+struct Cached {
+    /// Its earliest timers in order: (timestamp, RocksDB key).
+    keys: VecDeque<(i64, Vec<u8>)>,
+    /// Whether `keys` holds every timer of the key group.
+    complete: bool,
+}
+
 /// The cached heads of one timer state's key groups.
 pub(crate) struct TimerHeads {
     range: KeyGroupRange,
     prefix_len: usize,
-    /// Per key-group index: its earliest timestamp and that timer's key.
-    heads: Vec<Option<(i64, Vec<u8>)>>,
+    /// Per key-group index: its first timers.
+    cached: Vec<Cached>,
     /// (head timestamp, key group) of the key groups with timers.
     order: BTreeSet<(i64, u32)>,
     /// Per key-group index: a key at or before its first live timer.
@@ -38,7 +55,8 @@ pub(crate) struct TimerHeads {
 }
 
 impl TimerHeads {
-    /// Reads the head of every key group of `range` in column family `index`.
+    /// Reads the first timers of every key group of `range` in column
+    /// family `index`.
     pub(crate) fn load(
         store: &RocksStore,
         index: usize,
@@ -48,12 +66,12 @@ impl TimerHeads {
         let mut heads = TimerHeads {
             range,
             prefix_len,
-            heads: vec![None; range.len()],
+            cached: (0..range.len()).map(|_| Cached::default()).collect(),
             order: BTreeSet::new(),
             hints: vec![None; range.len()],
         };
         for kg in range.iter() {
-            heads.refresh(store, index, kg)?;
+            heads.refill(store, index, kg)?;
         }
         Ok(heads)
     }
@@ -62,8 +80,25 @@ impl TimerHeads {
         (kg - self.range.start()) as usize
     }
 
-    /// Re-reads the head of key group `kg`.
-    fn refresh(&mut self, store: &RocksStore, index: usize, kg: u32) -> Result<()> {
+    fn head(&self, i: usize) -> Option<i64> {
+        self.cached[i].keys.front().map(|(ts, _)| *ts)
+    }
+
+    /// Runs `change` on key group `kg`'s cache and keeps `order` in step.
+    fn update(&mut self, kg: u32, change: impl FnOnce(&mut Cached)) {
+        let i = self.slot(kg);
+        if let Some(old) = self.head(i) {
+            self.order.remove(&(old, kg));
+        }
+        change(&mut self.cached[i]);
+        if let Some(new) = self.head(i) {
+            self.order.insert((new, kg));
+        }
+    }
+
+    /// Reads key group `kg`'s first timers (up to [`READ_AHEAD`]) from
+    /// RocksDB, from its hint on.
+    fn refill(&mut self, store: &RocksStore, index: usize, kg: u32) -> Result<()> {
         let i = self.slot(kg);
         let prefix = keys::prefix(kg, self.prefix_len);
         let mut read = ReadOptions::default();
@@ -75,53 +110,65 @@ impl TimerHeads {
             Some(hint) => it.seek(hint),
             None => it.seek(&prefix),
         }
-        let head = match it.key() {
-            Some(k) => {
-                let d = keys::decode(k, self.prefix_len, store.db_name())?;
-                let ts = state_api::timers::decode_timestamp(d.key).ok_or_else(|| {
-                    state_api::Error::Corrupted {
-                        file: store.db_name().to_string(),
-                        offset: 0,
-                        reason: "a timer key without an 8-byte timestamp".into(),
-                    }
-                })?;
-                Some((ts, k.to_vec()))
+        let mut fresh = VecDeque::new();
+        while let Some(k) = it.key() {
+            if fresh.len() == READ_AHEAD {
+                break;
             }
-            None => None,
-        };
+            let d = keys::decode(k, self.prefix_len, store.db_name())?;
+            let ts = state_api::timers::decode_timestamp(d.key).ok_or_else(|| {
+                state_api::Error::Corrupted {
+                    file: store.db_name().to_string(),
+                    offset: 0,
+                    reason: "a timer key without an 8-byte timestamp".into(),
+                }
+            })?;
+            fresh.push_back((ts, k.to_vec()));
+            it.next();
+        }
+        let complete = it.key().is_none();
         it.status()
             .map_err(rocks_err(store.db_name(), "reading timers"))?;
-        self.set_head(kg, head);
+        self.update(kg, |c| {
+            c.keys = fresh;
+            c.complete = complete;
+        });
         Ok(())
     }
 
-    fn set_head(&mut self, kg: u32, head: Option<(i64, Vec<u8>)>) {
-        let i = self.slot(kg);
-        if let Some((old, _)) = &self.heads[i] {
-            self.order.remove(&(*old, kg));
-        }
-        if let Some((ts, _)) = &head {
-            self.order.insert((*ts, kg));
-        }
-        self.heads[i] = head;
-    }
-
     /// Notes a timer added to key group `kg` under `key`.
-    pub(crate) fn added(&mut self, kg: u32, ts: i64, key: &[u8]) {
+    pub(crate) fn added(
+        &mut self,
+        store: &RocksStore,
+        index: usize,
+        kg: u32,
+        ts: i64,
+        key: &[u8],
+    ) -> Result<()> {
         let i = self.slot(kg);
         if self.hints[i].as_deref().is_some_and(|h| key < h) {
             self.hints[i] = Some(key.to_vec());
         }
-        if self.heads[i]
-            .as_ref()
-            .is_none_or(|(_, k)| key < k.as_slice())
-        {
-            self.set_head(kg, Some((ts, key.to_vec())));
+        let c = &self.cached[i];
+        if c.keys.is_empty() && !c.complete {
+            // Not read yet (or emptied by deletes): read it, new key included.
+            return self.refill(store, index, kg);
         }
+        let below_last = c.keys.back().is_some_and(|(_, last)| key < last.as_slice());
+        if below_last || c.complete {
+            self.update(kg, |c| {
+                let at = c.keys.partition_point(|(_, k)| k.as_slice() < key);
+                c.keys.insert(at, (ts, key.to_vec()));
+                if c.keys.len() > READ_AHEAD {
+                    c.keys.pop_back();
+                    c.complete = false;
+                }
+            });
+        }
+        Ok(())
     }
 
-    /// Notes a timer removed from key group `kg`: the head is re-read if it
-    /// was the head.
+    /// Notes a timer removed from key group `kg`.
     pub(crate) fn removed(
         &mut self,
         store: &RocksStore,
@@ -130,9 +177,17 @@ impl TimerHeads {
         key: &[u8],
     ) -> Result<()> {
         let i = self.slot(kg);
-        if self.heads[i].as_ref().is_some_and(|(_, k)| k == key) {
-            self.hints[i] = Some(key.to_vec());
-            self.refresh(store, index, kg)?;
+        if let Some(at) = self.cached[i].keys.iter().position(|(_, k)| k == key) {
+            self.update(kg, |c| {
+                c.keys.remove(at);
+            });
+            if at == 0 {
+                self.hints[i] = Some(key.to_vec());
+            }
+        }
+        let c = &self.cached[i];
+        if c.keys.is_empty() && !c.complete {
+            self.refill(store, index, kg)?;
         }
         Ok(())
     }
@@ -157,14 +212,20 @@ impl TimerHeads {
             return Ok(None);
         }
         let i = self.slot(kg);
-        let Some((_, key)) = self.heads[i].clone() else {
+        let Some((_, key)) = self.cached[i].keys.front().cloned() else {
             return Ok(None);
         };
         let mut batch = WriteBatch::default();
         batch.delete_cf(store.cf_at(index), &key);
         store.write_now(batch, "firing a timer")?;
+        self.update(kg, |c| {
+            c.keys.pop_front();
+        });
         self.hints[i] = Some(key.clone());
-        self.refresh(store, index, kg)?;
+        let c = &self.cached[i];
+        if c.keys.is_empty() && !c.complete {
+            self.refill(store, index, kg)?;
+        }
         Ok(Some((kg, key)))
     }
 }
