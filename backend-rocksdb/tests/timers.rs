@@ -45,7 +45,7 @@ fn many_timers_per_key_group_fire_like_a_sorted_set() -> Result<()> {
             70..=96 => {
                 // Delete an existing timer half the time.
                 let target = match model.iter().nth((r as usize / 10) % model.len().max(1)) {
-                    Some(&t) if r % 4 == 0 => t,
+                    Some(&t) if r.is_multiple_of(4) => t,
                     _ => (ts, key, ns),
                 };
                 b.set_current_key(target.1)?;
