@@ -45,7 +45,7 @@ const PALETTE: &[RGBColor] = &[
     RGBColor(127, 127, 127), // raw-rocksdb-layout
     RGBColor(188, 189, 34),  // sled
     RGBColor(23, 190, 207),  // binary-heap
-    RGBColor(57, 59, 121),
+    RGBColor(57, 59, 121),   // raw-rocksdb-timers
     RGBColor(173, 73, 74),
     RGBColor(99, 121, 57),
 ];
@@ -532,6 +532,7 @@ mod tests {
         assert_eq!(colours.of("memory"), PALETTE[0]);
         assert_eq!(colours.of("sled"), PALETTE[8]);
         assert_eq!(colours.of("binary-heap"), PALETTE[9]);
-        assert_eq!(colours.of("zeta"), PALETTE[10]);
+        assert_eq!(colours.of("raw-rocksdb-timers"), PALETTE[10]);
+        assert_eq!(colours.of("zeta"), PALETTE[11]);
     }
 }

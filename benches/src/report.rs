@@ -23,6 +23,7 @@ pub const SUBJECTS: &[&str] = &[
     "raw-rocksdb-layout",
     "sled",
     "binary-heap",
+    "raw-rocksdb-timers",
 ];
 
 /// Workload families in display order; unknown families follow in order of
@@ -87,6 +88,7 @@ pub const RATIOS: &[(&str, &str)] = &[
     ("fs-incremental", "fs"),
     ("rocksdb", "fs"),
     ("memory", "binary-heap"),
+    ("rocksdb", "raw-rocksdb-timers"),
 ];
 
 /// Two runs' figures within this fraction of each other are called `same`.
@@ -113,6 +115,10 @@ const BASELINES: &[(&str, &str)] = &[
     (
         "binary-heap",
         "a std BinaryHeap of (timestamp, key) timers, the upper limit for heap timers",
+    ),
+    (
+        "raw-rocksdb-timers",
+        "rust-rocksdb with the backend's options and timestamp|key keys, fired by one iterator",
     ),
     ("sled", "sled 0.34 with the backend's key bytes"),
 ];
