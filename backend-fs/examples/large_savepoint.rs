@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backend_fs::FsStateBackend;
-use state_api::checkpoint::{CheckpointConfig, OperatorState, SubtaskSpec, SubtaskState};
+use checkpoint_store::{CheckpointConfig, OperatorState, SubtaskSpec, SubtaskState};
 use state_api::codec::postcard;
 use state_api::format::frame::Compression;
 use state_api::snapshot::SnapshotOptions;
@@ -69,10 +69,10 @@ fn run(dir: PathBuf, gib: f64, value_bytes: usize) -> Result<PathBuf> {
 }
 
 fn rewrite(source: PathBuf, target: PathBuf, max: u32) -> Result<()> {
-    use state_api::checkpoint::rewrite::{rewrite_snapshot, RewriteOptions};
+    use checkpoint_store::rewrite::{rewrite_snapshot, RewriteOptions};
     let scratch = target.with_extension("scratch");
     let report = rewrite_snapshot(
-        std::sync::Arc::new(state_api::checkpoint::LocalStorage),
+        std::sync::Arc::new(checkpoint_store::LocalStorage),
         &source,
         &target,
         &RewriteOptions {

@@ -3,7 +3,7 @@
 //!
 //! * Keyed state lives in `backend-memory`'s typed, copy-on-write tables.
 //! * Snapshots are written as files into the checkpoint directory layout of
-//!   [`state_api::checkpoint`]: `<dir>/<job>/chk-N/` for full snapshots,
+//!   [`checkpoint_store`]: `<dir>/<job>/chk-N/` for full snapshots,
 //!   `shared/` for incremental pieces; state below the inline threshold goes
 //!   into the checkpoint's metadata instead of a file.
 //! * With incremental checkpoints on, a checkpoint writes only the entries
@@ -14,7 +14,7 @@
 //! ```
 //! use backend_fs::FsStateBackend;
 //! use state_api::backend::KeyedBackendParams;
-//! use state_api::checkpoint::{CheckpointConfig, OperatorState, SubtaskState};
+//! use checkpoint_store::{CheckpointConfig, OperatorState, SubtaskState};
 //! use state_api::snapshot::SnapshotOptions;
 //! use state_api::state::access::KeyedStateBackendExt;
 //! use state_api::state::descriptor::ValueStateDescriptor;
@@ -51,10 +51,10 @@ use std::sync::Arc;
 
 use backend_memory::heap::{HeapOptions, IncrementalOptions};
 use backend_memory::HeapKeyedStateBackend;
-use state_api::backend::KeyedBackendParams;
-use state_api::checkpoint::{
+use checkpoint_store::{
     CheckpointConfig, CheckpointCoordinator, CheckpointStorage, JobLayout, Storage,
 };
+use state_api::backend::KeyedBackendParams;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use backend_fs::FsStateBackend;
 use backend_memory::heap::IncrementalOptions;
 use backend_memory::MemoryStateBackend;
+use checkpoint_store::{
+    dispose_savepoint, load_metadata, CancellationPolicy, CheckpointConfig, JobStatus, LocalStorage,
+};
 use conformance_tests::rounds::{
     checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
-};
-use state_api::checkpoint::{
-    dispose_savepoint, load_metadata, CancellationPolicy, CheckpointConfig, JobStatus, LocalStorage,
 };
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::StreamStateHandle;

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use backend_fs::FsStateBackend;
 use backend_memory::heap::IncrementalOptions;
 use backend_memory::MemoryStateBackend;
-use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
-use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
-use state_api::checkpoint::{
+use checkpoint_store::{
     load_metadata, CheckpointConfig, LocalStorage, OperatorState, SnapshotKind, SubtaskState,
 };
+use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
+use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
 use state_api::format::frame::Compression;
 use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use state_api::snapshot::raw::{

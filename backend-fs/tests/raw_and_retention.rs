@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use backend_fs::FsStateBackend;
+use checkpoint_store::{
+    CheckpointConfig, CheckpointCoordinator, LocalStorage, OperatorState, SubtaskState,
+};
 use conformance_tests::rounds::{
     checkpoint, model_after, open, read, snapshot_all, write_round, OPERATOR,
 };
 use proptest::prelude::*;
-use state_api::checkpoint::{
-    CheckpointConfig, CheckpointCoordinator, LocalStorage, OperatorState, SubtaskState,
-};
 use state_api::format::frame::Compression;
 use state_api::key_group::KeyGroupRange;
 use state_api::snapshot::raw::{
@@ -76,7 +76,7 @@ fn raw_state_round_trips_through_a_checkpoint_and_rescales() -> Result<()> {
             subtasks,
         }],
     )?;
-    let meta = state_api::checkpoint::load_metadata(&LocalStorage, &done.metadata_path)?;
+    let meta = checkpoint_store::load_metadata(&LocalStorage, &done.metadata_path)?;
     let op = meta.operator("raw").expect("operator");
     let raw_keyed: Vec<_> = op
         .subtasks

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use backend_fs::FsStateBackend;
 use backend_memory::MemoryStateBackend;
-use state_api::checkpoint::rewrite::{rewrite_snapshot, RewriteOptions};
-use state_api::checkpoint::{
+use checkpoint_store::rewrite::{rewrite_snapshot, RewriteOptions};
+use checkpoint_store::{
     CheckpointConfig, LocalStorage, OperatorState, RestorePlan, SubtaskSpec, SubtaskState,
 };
 use state_api::codec::postcard;
@@ -252,7 +252,7 @@ fn a_rewrite_refuses_a_non_empty_target_and_a_missing_source() {
 
 #[test]
 fn a_bootstrapped_savepoint_restores_and_reads_back_with_the_job_types() -> Result<()> {
-    use state_api::checkpoint::processor::{SavepointReader, SavepointWriter};
+    use checkpoint_store::processor::{SavepointReader, SavepointWriter};
     use state_api::DefaultOperatorStateBackend;
     use state_api::OperatorStateBackend;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use backend_memory::MemoryStateBackend;
-use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
-use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
-use state_api::checkpoint::{
+use checkpoint_store::{
     load_metadata, CheckpointConfig, CheckpointCoordinator, LocalStorage, SnapshotKind,
 };
+use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
+use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
 use state_api::format::frame::Compression;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::StreamStateHandle;

@@ -35,9 +35,9 @@
 
 use std::path::Path;
 
+use checkpoint_store::layout::unique_file_name;
 use rocksdb::{Cache, ColumnFamilyDescriptor, ReadOptions};
 use state_api::backend::registration::check_key_group;
-use state_api::checkpoint::layout::unique_file_name;
 use state_api::format::frame::Compression;
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, Record, RecordBody};
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};

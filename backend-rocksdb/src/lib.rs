@@ -66,9 +66,9 @@ mod ttl;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use checkpoint_store::layout::unique_file_name;
+use checkpoint_store::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage, Storage};
 use state_api::backend::KeyedBackendParams;
-use state_api::checkpoint::layout::unique_file_name;
-use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage, Storage};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;

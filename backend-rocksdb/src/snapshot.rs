@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use checkpoint_store::layout::unique_file_name;
 use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions};
-use state_api::checkpoint::layout::unique_file_name;
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter};
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
 use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use backend_rocksdb::fault::{FailPoint, Faults};
 use backend_rocksdb::{RocksDbStateBackend, RocksKeyedStateBackend, RocksOptions};
+use checkpoint_store::{FaultyStorage, LocalStorage};
 use conformance_tests::harness::{keyed, owner, snapshot, snapshot_task, TempDirBackend};
-use state_api::checkpoint::{FaultyStorage, LocalStorage};
 use state_api::codec::{PostcardCodec, SharedCodec};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::rescale::assign_keyed_state;

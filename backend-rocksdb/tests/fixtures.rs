@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use backend_memory::MemoryStateBackend;
 use backend_rocksdb::{RocksDbStateBackend, RocksOptions};
+use checkpoint_store::{load_metadata, CheckpointConfig, LocalStorage, SnapshotKind};
 use conformance_tests::fixtures::{check_fixture, restore_rounds, write_if_missing, KEYS};
 use conformance_tests::rounds::{checkpoint, open, snapshot_all, write_round};
-use state_api::checkpoint::{load_metadata, CheckpointConfig, LocalStorage, SnapshotKind};
 use state_api::format::frame::Compression;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::SnapshotOptions;

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use backend_rocksdb::{MemoryMode, RocksDbStateBackend, RocksOptions};
+use checkpoint_store::CheckpointConfig;
 use conformance_tests::harness::{expect_err, keyed, snapshot, snapshot_task, TempDirBackend};
 use conformance_tests::rounds::{checkpoint, model_after, open, read, write_round, OPERATOR};
-use state_api::checkpoint::CheckpointConfig;
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
 use state_api::snapshot::stream::StreamStateHandle;
 use state_api::state::access::{KeyedStateBackendExt, ValueState};

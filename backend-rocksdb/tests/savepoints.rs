@@ -5,8 +5,8 @@
 use backend_fs::FsStateBackend;
 use backend_memory::MemoryStateBackend;
 use backend_rocksdb::RocksDbStateBackend;
+use checkpoint_store::{load_metadata, CheckpointConfig, LocalStorage, OperatorState};
 use conformance_tests::rounds::{model_after, open, read, snapshot_all, write_round, OPERATOR};
-use state_api::checkpoint::{load_metadata, CheckpointConfig, LocalStorage, OperatorState};
 use state_api::snapshot::SnapshotOptions;
 use state_api::{Error, KeyedStateBackend, Result, StateBackend};
 
@@ -14,7 +14,7 @@ const KEYS: u64 = 300;
 
 fn savepoint<S: StateBackend>(
     backend: &S,
-    coordinator: &mut state_api::checkpoint::CheckpointCoordinator,
+    coordinator: &mut checkpoint_store::CheckpointCoordinator,
     dir: &std::path::Path,
     job: &mut [conformance_tests::rounds::Subtask<S::Keyed<u64>>],
 ) -> Result<Vec<OperatorState>> {

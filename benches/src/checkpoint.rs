@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use backend_fs::FsStateBackend;
 use backend_rocksdb::RocksDbStateBackend;
-use state_api::backend::KeyedBackendParams;
-use state_api::checkpoint::{
+use checkpoint_store::{
     CheckpointConfig, CheckpointCoordinator, CompletedCheckpoint, OperatorState, SubtaskState,
 };
+use state_api::backend::KeyedBackendParams;
 use state_api::key_group::{key_group_for_bytes, operator_index_for_key_group};
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::rescale::assign_keyed_state;

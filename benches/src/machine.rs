@@ -50,7 +50,7 @@ pub fn now_utc() -> String {
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic
 /// Gregorian calendar, Howard Hinnant's days-to-civil algorithm).
 pub fn format_utc(secs: u64) -> String {
-    let t = state_api::checkpoint::layout::UtcTime::from_unix_secs(secs);
+    let t = checkpoint_store::layout::UtcTime::from_unix_secs(secs);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year, t.month, t.day, t.hour, t.minute, t.second

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rounds::{checkpoint, model_after, open, read, write_round, OPERATOR};
-use state_api::checkpoint::{
+use checkpoint_store::{
     CheckpointConfig, CheckpointCoordinator, FaultyStorage, LocalStorage, Storage,
 };
 use state_api::{Error, Result, StateBackend};

@@ -25,8 +25,8 @@
 
 use std::path::{Path, PathBuf};
 
-use state_api::checkpoint::layout::METADATA_FILE;
-use state_api::checkpoint::{load_metadata, LocalStorage};
+use checkpoint_store::layout::METADATA_FILE;
+use checkpoint_store::{load_metadata, LocalStorage};
 use state_api::format::FormatVersion;
 use state_api::{Error, ErrorKind, Result, StateBackend};
 
@@ -290,7 +290,7 @@ fn write_operator_savepoint<S: StateBackend>(
     clock: &state_api::state::ttl::StateClock,
     mut fill: impl FnMut(&mut S::Keyed<u64>) -> Result<()>,
 ) -> Result<PathBuf> {
-    use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, OperatorState};
+    use checkpoint_store::{CheckpointConfig, CheckpointCoordinator, OperatorState};
     use state_api::format::frame::Compression;
     use state_api::snapshot::SnapshotOptions;
 
@@ -308,7 +308,7 @@ fn write_operator_savepoint<S: StateBackend>(
         let handle = pending
             .snapshot_keyed(&mut b, SnapshotOptions::savepoint(Compression::None))?
             .run()?;
-        subtasks.push(state_api::checkpoint::SubtaskState {
+        subtasks.push(checkpoint_store::SubtaskState {
             keyed: handle.into_iter().collect(),
             ..Default::default()
         });

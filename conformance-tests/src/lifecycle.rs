@@ -17,7 +17,7 @@ use crate::rounds::{
     begin_snapshots, checkpoint, finish_snapshots, model_after, open, read, write_round, Subtask,
     OPERATOR,
 };
-use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, CompletedCheckpoint};
+use checkpoint_store::{CheckpointConfig, CheckpointCoordinator, CompletedCheckpoint};
 use state_api::snapshot::SnapshotOptions;
 use state_api::{Error, ErrorKind, KeyedStateBackend, Result, StateBackend};
 

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use crate::harness::{keyed, owner};
-use state_api::backend::operator::OperatorListState;
-use state_api::checkpoint::{
+use checkpoint_store::{
     CheckpointCoordinator, CompletedCheckpoint, OperatorState, PendingCheckpoint, SubtaskState,
 };
+use state_api::backend::operator::OperatorListState;
 use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
 use state_api::snapshot::task::SnapshotTask;

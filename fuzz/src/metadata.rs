@@ -7,8 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use state_api::checkpoint::metadata::{decode_metadata, publish_metadata, CheckpointMetadata};
-use state_api::checkpoint::storage::{Storage, StorageFile};
+use checkpoint_store::metadata::{decode_metadata, publish_metadata, CheckpointMetadata};
+use checkpoint_store::storage::{Storage, StorageFile};
 use state_api::key_group::KeyGroupRange;
 use state_api::snapshot::handle::KeyedStateHandle;
 use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
@@ -172,10 +172,19 @@ impl Storage for MemoryStorage {
             .ok_or_else(|| not_found(path))
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read(path)?)))
+    }
+
+    fn publish(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut files = self.files();
-        let bytes = files.remove(from).ok_or_else(|| not_found(from))?;
-        files.insert(to.to_path_buf(), bytes);
+        if files.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                path.display().to_string(),
+            ));
+        }
+        files.insert(path.to_path_buf(), bytes.to_vec());
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use state_api::checkpoint::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
+use checkpoint_store::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use state_api::codec::CodecSchema;
 use state_api::format::bytes::{put_bytes, put_schema, put_str, put_varint};
 use state_api::format::frame::{decode_frame, encode_frame, Compression, FRAME_CODEC_OFFSET};
@@ -543,7 +543,7 @@ pub fn check_coverage(seeds: &[Seed]) {
 
     let mut kinds = BTreeMap::new();
     for s in of("metadata").chain(of("native_handle")) {
-        let m = state_api::checkpoint::metadata::decode_metadata(&s.name, &s.bytes)
+        let m = state_api::snapshot::metadata::decode_metadata(&s.name, &s.bytes)
             .expect("metadata seed decodes");
         for sub in m.operators.iter().flat_map(|o| &o.subtasks) {
             for h in sub.keyed.iter().chain(&sub.raw_keyed) {
@@ -551,7 +551,6 @@ pub fn check_coverage(seeds: &[Seed]) {
                     KeyedStateHandle::KeyGroups(_) => "KeyGroups",
                     KeyedStateHandle::IncrementalHeap(_) => "IncrementalHeap",
                     KeyedStateHandle::IncrementalNative(_) => "IncrementalNative",
-                    _ => "other",
                 };
                 *kinds.entry(kind).or_insert(0) += 1;
                 for stream in h.streams() {

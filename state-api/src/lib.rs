@@ -24,7 +24,6 @@
 //! ```
 
 pub mod backend;
-pub mod checkpoint;
 pub mod codec;
 pub mod error;
 pub mod format;

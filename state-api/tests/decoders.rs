@@ -5,11 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use state_api::checkpoint::metadata::{
-    decode_metadata, publish_metadata, CheckpointMetadata, OperatorState, SnapshotKind,
-    SubtaskState,
-};
-use state_api::checkpoint::storage::LocalStorage;
 use state_api::codec::CodecSchema;
 use state_api::format::frame::Compression;
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter};
@@ -19,6 +14,9 @@ use state_api::format::operator::{
 use state_api::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, KeyGroupsStateHandle, KeyedStateHandle,
     OperatorStateHandle, OperatorStatePart,
+};
+use state_api::snapshot::metadata::{
+    decode_metadata, encode_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState,
 };
 use state_api::snapshot::rescale::assign_keyed_state;
 use state_api::snapshot::stream::{
@@ -294,10 +292,8 @@ fn handle_sizes_of_damaged_metadata_do_not_overflow() -> Result<()> {
             }],
         }],
     };
-    // Through `_metadata`, as a restore gets them.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = publish_metadata(&LocalStorage, dir.path(), dir.path(), &metadata)?;
-    let bytes = std::fs::read(&path).expect("published metadata");
+    // Through `_metadata` bytes, as a restore gets them.
+    let bytes = encode_metadata(&metadata, Compression::Zstd { level: 3 })?;
     let loaded = decode_metadata("_metadata", &bytes)?;
     let keyed = &loaded.operators[0].subtasks[0].keyed;
     assert_eq!(keyed[0].state_size(), 0, "offsets out of order");

@@ -15,10 +15,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use state_api::checkpoint::metadata::{
-    decode_metadata, encode_metadata, CheckpointMetadata, OperatorState, SnapshotKind,
-    SubtaskState, METADATA_FORMAT_VERSION,
-};
 use state_api::codec::CodecSchema;
 use state_api::format::bytes::put_bytes;
 use state_api::format::frame::Compression;
@@ -33,6 +29,10 @@ use state_api::format::operator::{
 use state_api::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, IncrementalNativeStateHandle, KeyGroupsStateHandle,
     KeyedStateHandle, NativeFile, OperatorStateHandle, OperatorStatePart,
+};
+use state_api::snapshot::metadata::{
+    decode_metadata, encode_metadata, CheckpointMetadata, OperatorState, SnapshotKind,
+    SubtaskState, METADATA_FORMAT_VERSION,
 };
 use state_api::snapshot::stream::{
     CheckpointStreamFactory, MemoryCheckpointStreamFactory, StreamScope, StreamStateHandle,

@@ -9,9 +9,6 @@ use std::sync::Arc;
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
-use state_api::checkpoint::metadata::{
-    decode_metadata, encode_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState,
-};
 use state_api::codec::CodecSchema;
 use state_api::format::coding::{Decode, Encode};
 use state_api::format::frame::{encode_frame, Compression};
@@ -20,6 +17,9 @@ use state_api::format::operator::OperatorStateMeta;
 use state_api::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, IncrementalNativeStateHandle, KeyGroupsStateHandle,
     KeyedStateHandle, NativeFile, OperatorStateHandle, OperatorStatePart,
+};
+use state_api::snapshot::metadata::{
+    decode_metadata, encode_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState,
 };
 use state_api::snapshot::stream::StreamStateHandle;
 use state_api::state::{StateKind, StateMeta, StorageShape};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use backend_fs::FsStateBackend;
 use backend_memory::MemoryStateBackend;
 use backend_rocksdb::RocksDbStateBackend;
-use state_api::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage};
+use checkpoint_store::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage};
 use state_api::{Result, StateBackend};
 
 /// A backend, as `--backend` names it.

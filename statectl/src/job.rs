@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use state_api::backend::operator::OperatorListState;
-use state_api::checkpoint::{
+use checkpoint_store::{
     CheckpointCoordinator, CompletedCheckpoint, JobStatus, OperatorState, PendingCheckpoint,
     RestoreMode, RestorePlan, SubtaskState,
 };
+use state_api::backend::operator::OperatorListState;
 use state_api::codec::postcard;
 use state_api::format::frame::Compression;
 use state_api::key_group::KeyRouter;
@@ -228,9 +228,9 @@ impl<S: StateBackend> Job<S> {
         }
         let p = options.parallelism;
         let source_spec =
-            state_api::checkpoint::SubtaskSpec::operator(SOURCE_OPERATOR, max_parallelism, p)?;
+            checkpoint_store::SubtaskSpec::operator(SOURCE_OPERATOR, max_parallelism, p)?;
         let count_spec =
-            state_api::checkpoint::SubtaskSpec::operator(COUNT_OPERATOR, max_parallelism, p)?;
+            checkpoint_store::SubtaskSpec::operator(COUNT_OPERATOR, max_parallelism, p)?;
         let (source_restore, count_restore) = match restore {
             Some(plan) => (plan.subtasks(&source_spec)?, plan.subtasks(&count_spec)?),
             None => (Vec::new(), Vec::new()),

@@ -10,14 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::Arc;
 
-use state_api::checkpoint::inspect::{
+use checkpoint_store::inspect::{
     inspect_snapshot, list_snapshots, record_bytes, verify_snapshot, KeyGroupStat, Problem,
     VerifyReport,
 };
-use state_api::checkpoint::rewrite::{
+use checkpoint_store::rewrite::{
     for_each_keyed_record, rewrite_snapshot, NativeRecords, RewriteOptions,
 };
-use state_api::checkpoint::{
+use checkpoint_store::{
     load_metadata, resolve_metadata_path, CancellationPolicy, CheckpointConfig,
     CheckpointCoordinator, LocalStorage, RestorePlan, SnapshotKind,
 };
@@ -325,10 +325,7 @@ fn dispatch(command: Cmd) -> CmdResult {
 }
 
 fn random_job_id() -> String {
-    format!(
-        "{:016x}",
-        state_api::checkpoint::layout::random_u128() as u64
-    )
+    format!("{:016x}", checkpoint_store::layout::random_u128() as u64)
 }
 
 fn run(args: RunArgs) -> CmdResult {
@@ -697,7 +694,7 @@ fn dispose(path: &Path, force: bool) -> CmdResult {
     let metadata = load_metadata(&LocalStorage, &metadata_path)?;
     match metadata.kind {
         SnapshotKind::Savepoint => {
-            state_api::checkpoint::dispose_savepoint(&LocalStorage, &folder)?;
+            checkpoint_store::dispose_savepoint(&LocalStorage, &folder)?;
             println!("disposed savepoint {}", folder.display());
         }
         SnapshotKind::Checkpoint if !force => {
@@ -914,7 +911,7 @@ fn dump(path: &Path, state: &str, key_group: Option<u32>, operator: Option<&str>
 /// their records.
 fn count_native_records(
     metadata_path: &Path,
-    summary: &mut state_api::checkpoint::SnapshotSummary,
+    summary: &mut checkpoint_store::SnapshotSummary,
     per_key_group: bool,
 ) -> Result<(), Failure> {
     use std::collections::{BTreeMap, HashMap};

@@ -19,7 +19,7 @@ pub fn size(bytes: u64) -> String {
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss` UTC.
 pub fn time(millis: u64) -> String {
-    let t = state_api::checkpoint::layout::UtcTime::from_unix_secs(millis / 1000);
+    let t = checkpoint_store::layout::UtcTime::from_unix_secs(millis / 1000);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         t.year, t.month, t.day, t.hour, t.minute, t.second

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use checkpoint_store::layout::unique_file_name;
+use checkpoint_store::rewrite::NativeRecords;
 use serde_json::{json, Value};
-use state_api::checkpoint::layout::unique_file_name;
-use state_api::checkpoint::rewrite::NativeRecords;
 use state_api::codec::CodecSchema;
 use state_api::format::keyed::{Record, RecordBody};
 use state_api::snapshot::handle::IncrementalNativeStateHandle;

@@ -508,8 +508,8 @@ fn dump_prints_every_record_as_json_lines() {
 
 #[test]
 fn a_savepoint_of_another_job_is_refused() {
-    use state_api::checkpoint::processor::SavepointWriter;
-    use state_api::checkpoint::SubtaskSpec;
+    use checkpoint_store::processor::SavepointWriter;
+    use checkpoint_store::SubtaskSpec;
     use state_api::state::access::KeyedStateBackendExt;
     use state_api::state::descriptor::ValueStateDescriptor;
     use state_api::{KeyedStateBackend, StateBackend};

@@ -1,7 +1,7 @@
 //! The `_metadata` payload of format version 2: [`CheckpointMetadata`] and
 //! every snapshot handle inside it, each with its own [`Encode`] and
 //! [`Decode`]. (The file around the payload is in
-//! [`crate::checkpoint::metadata`]; version 1 payloads are read by a frozen
+//! [`crate::snapshot::metadata`]; version 1 payloads are read by a frozen
 //! decoder of their own.)
 //!
 //! ```text
@@ -42,7 +42,6 @@ use std::path::PathBuf;
 
 use super::bytes::{put_bytes, put_str, put_varint, ByteReader};
 use super::coding::{decode_seq, put_seq, Decode, Encode, MIN_SCHEMA_LEN};
-use crate::checkpoint::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
@@ -50,6 +49,7 @@ use crate::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, IncrementalNativeStateHandle, KeyGroupsStateHandle,
     KeyedStateHandle, NativeFile, OperatorStateHandle, OperatorStatePart,
 };
+use crate::snapshot::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use crate::snapshot::stream::StreamStateHandle;
 use crate::snapshot::SnapshotKind;
 use crate::state::StateMeta;

@@ -18,7 +18,6 @@ use serde::Deserialize;
 
 use super::bytes::ByteReader;
 use super::coding::{Decode, Encode};
-use crate::checkpoint::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
@@ -26,6 +25,7 @@ use crate::snapshot::handle::{
     Distribution, IncrementalKeyedStateHandle, IncrementalNativeStateHandle, KeyGroupsStateHandle,
     KeyedStateHandle, NativeFile, OperatorStateHandle, OperatorStatePart,
 };
+use crate::snapshot::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use crate::snapshot::stream::StreamStateHandle;
 use crate::snapshot::SnapshotKind;
 use crate::state::{StateKind, StateMeta};

@@ -131,7 +131,8 @@ impl IncrementalNativeStateHandle {
 
 /// What a keyed backend's snapshot produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
+// Exhaustive on purpose: each variant is a tag of the snapshot format, so a
+// new one comes with a format version and every reader must handle it.
 pub enum KeyedStateHandle {
     /// A full snapshot in the canonical format (also the savepoint format).
     KeyGroups(KeyGroupsStateHandle),

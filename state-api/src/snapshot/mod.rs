@@ -3,6 +3,7 @@
 //! old handles to the subtasks of a new parallelism.
 
 pub mod handle;
+pub mod metadata;
 pub mod raw;
 pub mod rescale;
 pub mod stream;

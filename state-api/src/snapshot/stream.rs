@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 
 /// Names bytes written by a checkpoint stream.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
+// Exhaustive on purpose: each variant is a tag of the snapshot format, so a
+// new one comes with a format version and every reader must handle it.
 pub enum StreamStateHandle {
     /// Bytes held in memory (and inlined into checkpoint metadata).
     InMemory {

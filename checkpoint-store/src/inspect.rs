@@ -28,18 +28,18 @@ use super::metadata::{
     load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState,
 };
 use super::storage::Storage;
-use crate::codec::CodecSchema;
-use crate::error::{Error, Result};
-use crate::format::bytes::ByteReader;
-use crate::format::frame::{decode_frame, FRAME_HEADER_LEN};
-use crate::format::keyed::{parse_records, KeyedSnapshotReader, Record, RecordBody};
-use crate::format::operator::{describe_operator_file, read_operator_bytes};
-use crate::key_group::{check_parallelism, key_group_for_bytes, KeyGroupRange};
-use crate::snapshot::handle::{
+use state_api::codec::CodecSchema;
+use state_api::error::{Error, Result};
+use state_api::format::bytes::ByteReader;
+use state_api::format::frame::{decode_frame, FRAME_HEADER_LEN};
+use state_api::format::keyed::{parse_records, KeyedSnapshotReader, Record, RecordBody};
+use state_api::format::operator::{describe_operator_file, read_operator_bytes};
+use state_api::key_group::{check_parallelism, key_group_for_bytes, KeyGroupRange};
+use state_api::snapshot::handle::{
     Distribution, KeyGroupsStateHandle, KeyedStateHandle, NativeFile, OperatorStateHandle,
 };
-use crate::snapshot::stream::{StreamBytes, StreamStateHandle};
-use crate::state::StateMeta;
+use state_api::snapshot::stream::{StreamBytes, StreamStateHandle};
+use state_api::state::StateMeta;
 
 /// At most this many problems are listed per file; the rest are counted in
 /// one last problem (a file full of misplaced records would otherwise list
@@ -1500,7 +1500,7 @@ fn read_stream(
                     needed_by: needed_by.to_string(),
                     source,
                 })?;
-            crate::snapshot::stream::check_file_size(display, *size, data.len() as u64)?;
+            state_api::snapshot::stream::check_file_size(display, *size, data.len() as u64)?;
             Ok(Arc::from(data))
         }
     }
@@ -1599,16 +1599,18 @@ fn range_text(range: KeyGroupRange) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::coordinator::{CheckpointConfig, CheckpointCoordinator};
-    use crate::checkpoint::storage::LocalStorage;
-    use crate::checkpoint::{CheckpointStorage, OperatorState, SubtaskState};
-    use crate::format::bytes::put_bytes;
-    use crate::format::frame::Compression;
-    use crate::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter};
-    use crate::format::operator::{write_operator_snapshot, OperatorStateData, OperatorStateMeta};
-    use crate::snapshot::handle::{IncrementalKeyedStateHandle, IncrementalNativeStateHandle};
-    use crate::snapshot::stream::{CheckpointStreamFactory, StreamScope};
-    use crate::state::StateKind;
+    use crate::coordinator::{CheckpointConfig, CheckpointCoordinator};
+    use crate::storage::LocalStorage;
+    use crate::{CheckpointStorage, OperatorState, SubtaskState};
+    use state_api::format::bytes::put_bytes;
+    use state_api::format::frame::Compression;
+    use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter};
+    use state_api::format::operator::{
+        write_operator_snapshot, OperatorStateData, OperatorStateMeta,
+    };
+    use state_api::snapshot::handle::{IncrementalKeyedStateHandle, IncrementalNativeStateHandle};
+    use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
+    use state_api::state::StateKind;
 
     const MAX_P: u32 = 16;
     /// Keys 0..KEYS are written, each to the subtask owning its key group.

@@ -25,24 +25,24 @@ use super::metadata::{publish_metadata, CheckpointMetadata, OperatorState, Subta
 use super::restore::RestorePlan;
 use super::storage::Storage;
 use super::stream::{FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD};
-use crate::codec::CodecSchema;
-use crate::error::{Error, Result};
-use crate::format::bytes::{put_bytes, put_varint, ByteReader};
-use crate::format::coding::Decode;
-use crate::format::frame::Compression;
-use crate::format::frame::{decode_frame, FRAME_HEADER_LEN};
-use crate::format::keyed::{
+use state_api::codec::CodecSchema;
+use state_api::error::{Error, Result};
+use state_api::format::bytes::{put_bytes, put_varint, ByteReader};
+use state_api::format::coding::Decode;
+use state_api::format::frame::Compression;
+use state_api::format::frame::{decode_frame, FRAME_HEADER_LEN};
+use state_api::format::keyed::{
     parse_records, KeyedSnapshotMeta, KeyedSnapshotReader, KeyedSnapshotWriter, Record, RecordBody,
     FLAG_DELTA, KEYED_MAGIC, KEYED_SUPPORTED_VERSIONS,
 };
-use crate::format::{FILE_HEADER_LEN, FILE_HEADER_LEN_V1};
-use crate::key_group::{check_max_parallelism, key_group_for_bytes, KeyGroupRange};
-use crate::snapshot::handle::{
+use state_api::format::{FILE_HEADER_LEN, FILE_HEADER_LEN_V1};
+use state_api::key_group::{check_max_parallelism, key_group_for_bytes, KeyGroupRange};
+use state_api::snapshot::handle::{
     IncrementalNativeStateHandle, KeyGroupsStateHandle, KeyedStateHandle, OperatorStateHandle,
 };
-use crate::snapshot::stream::{CheckpointStreamFactory, StreamScope, StreamStateHandle};
-use crate::snapshot::SnapshotKind;
-use crate::state::StateMeta;
+use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope, StreamStateHandle};
+use state_api::snapshot::SnapshotKind;
+use state_api::state::StateMeta;
 
 /// The most scratch files a rewrite spills to.
 pub const SPILL_BUCKETS: u32 = 256;
@@ -671,10 +671,9 @@ fn rewrite_keyed(
         metas: Vec::new(),
     };
     let mut spill = Spill::new(
-        &options.scratch_dir.join(format!(
-            "spill-{}",
-            crate::checkpoint::layout::unique_file_name()
-        )),
+        &options
+            .scratch_dir
+            .join(format!("spill-{}", crate::layout::unique_file_name())),
         max,
     )?;
     let mut records = 0u64;

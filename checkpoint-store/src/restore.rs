@@ -8,8 +8,8 @@
 //! operator state by its distribution mode).
 //!
 //! ```
-//! use state_api::checkpoint::{CheckpointStorage, CheckpointConfig, OperatorState, RestorePlan, SubtaskSpec};
-//! use state_api::checkpoint::LocalStorage;
+//! use checkpoint_store::{CheckpointStorage, CheckpointConfig, OperatorState, RestorePlan, SubtaskSpec};
+//! use checkpoint_store::LocalStorage;
 //!
 //! # fn main() -> state_api::Result<()> {
 //! let dir = tempfile::tempdir().unwrap();
@@ -45,12 +45,12 @@ use super::coordinator::verify_files;
 use super::layout::{parse_checkpoint_dir_name, METADATA_FILE};
 use super::metadata::{load_metadata, CheckpointMetadata, SubtaskState};
 use super::storage::Storage;
-use crate::backend::KeyedBackendParams;
-use crate::codec::SharedCodec;
-use crate::error::{Error, Result};
-use crate::key_group::{check_parallelism, KeyGroupRange};
-use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
-use crate::snapshot::rescale::{assign_keyed_state, assign_operator_state};
+use state_api::backend::KeyedBackendParams;
+use state_api::codec::SharedCodec;
+use state_api::error::{Error, Result};
+use state_api::key_group::{check_parallelism, KeyGroupRange};
+use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
+use state_api::snapshot::rescale::{assign_keyed_state, assign_operator_state};
 
 /// One subtask of an operator: what an engine needs to create its backends
 /// and to route records to it.

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use super::layout::unique_file_name;
 use super::storage::{Storage, StorageFile};
-use crate::error::{Error, Result};
-use crate::snapshot::stream::{
+use state_api::error::{Error, Result};
+use state_api::snapshot::stream::{
     CheckpointOutputStream, CheckpointStreamFactory, StreamScope, StreamStateHandle,
 };
 

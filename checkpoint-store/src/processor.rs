@@ -38,14 +38,14 @@ use super::metadata::{publish_metadata, CheckpointMetadata, OperatorState, Subta
 use super::restore::{RestorePlan, SubtaskSpec};
 use super::storage::{LocalStorage, Storage};
 use super::stream::{FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD};
-use crate::backend::keyed::KeyedStateBackend;
-use crate::backend::operator::OperatorStateBackend;
-use crate::backend::StateBackend;
-use crate::codec::SharedCodec;
-use crate::error::{Error, Result};
-use crate::format::frame::Compression;
-use crate::snapshot::{SnapshotKind, SnapshotOptions};
-use crate::state::StateKey;
+use state_api::backend::keyed::KeyedStateBackend;
+use state_api::backend::operator::OperatorStateBackend;
+use state_api::backend::StateBackend;
+use state_api::codec::SharedCodec;
+use state_api::error::{Error, Result};
+use state_api::format::frame::Compression;
+use state_api::snapshot::{SnapshotKind, SnapshotOptions};
+use state_api::state::StateKey;
 
 /// Reads a checkpoint's or savepoint's state with the job's types.
 #[derive(Clone, Debug)]
@@ -94,7 +94,7 @@ impl SavepointReader {
         &self,
         backend: &S,
         operator_id: &str,
-    ) -> Result<crate::DefaultOperatorStateBackend> {
+    ) -> Result<state_api::DefaultOperatorStateBackend> {
         let op = self.operator_state(operator_id)?;
         let spec = SubtaskSpec::new(operator_id, op.max_parallelism, 1, 0)?;
         let mut restore = self.plan.subtasks(&spec)?;

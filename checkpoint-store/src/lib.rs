@@ -1,9 +1,16 @@
-//! Checkpoint storage on a file system: the directory layout, file streams
-//! with small-state inlining, the versioned `_metadata`, atomic publishing,
-//! and the coordinator (retention, shared files, cancellation policies,
-//! savepoints). Used by every backend that writes files.
+//! Checkpoint storage: the job's layout, file streams with small-state
+//! inlining, atomic and exclusive publishing of `_metadata`, the coordinator
+//! (retention, shared files, cancellation policies, savepoints), restore
+//! plans and inspection. Used by every backend that writes files and by
+//! engines that coordinate checkpoints.
+//!
+//! The state layer's contract (handles, streams, the canonical format) is in
+//! `state-api`; this crate decides where the bytes go, behind the [`Storage`]
+//! trait.
 
 pub mod coordinator;
+#[cfg(feature = "test-support")]
+pub mod faulty;
 pub mod inspect;
 pub mod layout;
 pub mod metadata;
@@ -17,6 +24,8 @@ pub use coordinator::{
     dispose_savepoint, verify_files, CancellationPolicy, CheckpointConfig, CheckpointCoordinator,
     CompletedCheckpoint, JobStatus, PendingCheckpoint, RestoreMode, SkippedCheckpoint,
 };
+#[cfg(feature = "test-support")]
+pub use faulty::FaultyStorage;
 pub use inspect::{
     inspect_snapshot, list_snapshots, verify_snapshot, Problem, SnapshotListing, SnapshotSummary,
     VerifyReport,
@@ -24,13 +33,13 @@ pub use inspect::{
 pub use layout::JobLayout;
 pub use metadata::{load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState};
 pub use restore::{resolve_metadata_path, RestorePlan, SubtaskRestore, SubtaskSpec};
-pub use storage::{FaultyStorage, LocalStorage, Storage};
+pub use storage::{LocalStorage, Storage, StorageFile};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::snapshot::stream::CheckpointStreamFactory;
+use state_api::error::{Error, Result};
+use state_api::snapshot::stream::CheckpointStreamFactory;
 use stream::{check_inline_threshold, FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD};
 
 /// Where one job's checkpoints go: the storage, the job's layout and the

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use state_api::checkpoint::coordinator::CheckpointCoordinator;
-use state_api::checkpoint::metadata::{load_metadata, OperatorState, SnapshotKind, SubtaskState};
-use state_api::checkpoint::storage::{FaultyStorage, LocalStorage, Storage};
-use state_api::checkpoint::{
+use checkpoint_store::coordinator::CheckpointCoordinator;
+use checkpoint_store::metadata::{load_metadata, OperatorState, SnapshotKind, SubtaskState};
+use checkpoint_store::storage::{LocalStorage, Storage};
+use checkpoint_store::FaultyStorage;
+use checkpoint_store::{
     dispose_savepoint, CancellationPolicy, CheckpointConfig, JobStatus, RestoreMode,
 };
 use state_api::snapshot::handle::{Distribution, OperatorStateHandle, OperatorStatePart};

@@ -1,7 +1,7 @@
-//! `_metadata`: what a completed checkpoint or savepoint holds.
+//! The content of a checkpoint's or savepoint's `_metadata`, and its bytes.
 //!
 //! ```text
-//! header  magic "SMET" | version u16 = 2 | flags u16 = 0 | crc32 of those 8 bytes
+//! header  magic "SMET" | version u16 | flags u16 = 0 | crc32 of those 8 bytes
 //! frame   the explicit encoding of CheckpointMetadata (see
 //!         `format::metadata`), CRC32, zstd when that is smaller
 //! footer  offset of that frame u64 | crc32 u32 | magic "SMET"
@@ -12,17 +12,14 @@
 //!
 //! File paths inside are stored relative to the metadata's base folder (the
 //! job folder for a checkpoint, the savepoint folder for a savepoint) when
-//! they lie inside it, so a savepoint folder can be moved as a whole.
-//! Publishing is atomic: the metadata is written to a temporary name, synced,
-//! renamed to `_metadata`, and the folder is synced. A checkpoint exists only
-//! once that rename is durable.
+//! they lie inside it, so a savepoint folder can be moved as a whole. Where
+//! the bytes are stored and how they are published is the business of
+//! checkpoint storage (the `checkpoint-store` crate).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::layout::{unique_file_name, METADATA_FILE};
-use super::storage::Storage;
 use crate::error::{Error, Result};
 use crate::format::coding::{Decode, Encode};
 use crate::format::frame::{decode_frame, encode_frame, Compression, FRAME_HEADER_LEN};
@@ -110,6 +107,28 @@ impl CheckpointMetadata {
             })
     }
 
+    /// Makes file paths inside `base` relative to it (before encoding).
+    pub fn relativize_paths(&mut self, base: &Path) {
+        for s in self.streams_mut() {
+            if let StreamStateHandle::File { path, .. } = s {
+                if let Ok(rel) = path.strip_prefix(base) {
+                    *path = rel.to_path_buf();
+                }
+            }
+        }
+    }
+
+    /// Resolves relative file paths against `base` (after decoding).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for s in self.streams_mut() {
+            if let StreamStateHandle::File { path, .. } = s {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+    }
+
     /// Every file path the metadata references.
     pub fn files(&self) -> Vec<PathBuf> {
         self.file_sizes()
@@ -143,79 +162,6 @@ fn keyed_streams_mut(h: &mut KeyedStateHandle) -> Vec<&mut StreamStateHandle> {
             .map(|f| &mut f.data)
             .collect(),
     }
-}
-
-/// Writes `metadata` atomically as `<dir>/_metadata`, with file paths made
-/// relative to `base` where they lie inside it.
-pub fn publish_metadata(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: &Path,
-    metadata: &CheckpointMetadata,
-) -> Result<PathBuf> {
-    let mut relative = metadata.clone();
-    for s in relative.streams_mut() {
-        if let StreamStateHandle::File { path, .. } = s {
-            if let Ok(rel) = path.strip_prefix(base) {
-                *path = rel.to_path_buf();
-            }
-        }
-    }
-    let bytes = encode_metadata(&relative, Compression::Zstd { level: 3 })?;
-
-    let target = dir.join(METADATA_FILE);
-    let tmp = dir.join(format!("{METADATA_FILE}.inprogress-{}", unique_file_name()));
-    let io = |what: &str, e| Error::io(format!("{what} {}", target.display()), e);
-    let mut f = storage
-        .create(&tmp)
-        .map_err(|e| io("creating metadata for", e))?;
-    f.write_all(&bytes)
-        .map_err(|e| io("writing metadata for", e))?;
-    f.sync().map_err(|e| io("syncing metadata for", e))?;
-    drop(f);
-    storage
-        .rename(&tmp, &target)
-        .map_err(|e| io("publishing", e))?;
-    storage
-        .sync_dir(dir)
-        .map_err(|e| io("syncing the folder of", e))?;
-    Ok(target)
-}
-
-/// Reads `_metadata` at `path` (or in the folder `path`), resolving relative
-/// file paths against its base folder: the job folder for a checkpoint
-/// (`<job>/chk-N/_metadata`), the savepoint folder for a savepoint.
-pub fn load_metadata(storage: &dyn Storage, path: &Path) -> Result<CheckpointMetadata> {
-    let file_path = if path.file_name().and_then(|n| n.to_str()) == Some(METADATA_FILE) {
-        path.to_path_buf()
-    } else {
-        path.join(METADATA_FILE)
-    };
-    let name = file_path.display().to_string();
-    let bytes = storage.read(&file_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound {
-                what: format!("checkpoint metadata {name}"),
-            }
-        } else {
-            Error::io(format!("reading {name}"), e)
-        }
-    })?;
-    let metadata = decode_metadata(&name, &bytes)?;
-    let folder = file_path.parent().unwrap_or(Path::new("."));
-    let base = match metadata.kind {
-        SnapshotKind::Checkpoint => folder.parent().unwrap_or(folder),
-        SnapshotKind::Savepoint => folder,
-    };
-    let mut resolved = metadata;
-    for s in resolved.streams_mut() {
-        if let StreamStateHandle::File { path, .. } = s {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
-    }
-    Ok(resolved)
 }
 
 /// The bytes of a `_metadata` file holding `metadata` (paths as given), in

@@ -34,13 +34,13 @@ use super::storage::Storage;
 use super::stream::{
     check_inline_threshold, CreatedFiles, FsCheckpointStreamFactory, DEFAULT_INLINE_THRESHOLD,
 };
-use crate::backend::keyed::KeyedStateBackend;
-use crate::backend::operator::OperatorStateBackend;
-use crate::error::{Error, Result};
-use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
-use crate::snapshot::stream::CheckpointStreamFactory;
-use crate::snapshot::task::SnapshotTask;
-use crate::snapshot::SnapshotOptions;
+use state_api::backend::keyed::KeyedStateBackend;
+use state_api::backend::operator::OperatorStateBackend;
+use state_api::error::{Error, Result};
+use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
+use state_api::snapshot::stream::CheckpointStreamFactory;
+use state_api::snapshot::task::SnapshotTask;
+use state_api::snapshot::SnapshotOptions;
 
 /// What happens to checkpoints when the job is cancelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -702,7 +702,7 @@ pub fn verify_files(storage: &dyn Storage, id: u64, metadata: &CheckpointMetadat
                 Error::io(format!("checking {name} of checkpoint {id}"), e)
             }
         })?;
-        crate::snapshot::stream::check_file_size(&name, size, actual)?;
+        state_api::snapshot::stream::check_file_size(&name, size, actual)?;
     }
     Ok(())
 }
@@ -710,7 +710,7 @@ pub fn verify_files(storage: &dyn Storage, id: u64, metadata: &CheckpointMetadat
 /// Whether an error found while loading a checkpoint on startup means the
 /// checkpoint is damaged (skip it) rather than unreadable now (fail).
 fn is_damage(error: &Error) -> bool {
-    error.kind() == crate::ErrorKind::Corruption
+    error.kind() == state_api::ErrorKind::Corruption
 }
 
 /// Deletes a savepoint folder after checking that it holds a savepoint's

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{Error, Result};
+use state_api::error::{Error, Result};
 
 /// Name of the metadata file of a checkpoint or savepoint.
 pub const METADATA_FILE: &str = "_metadata";
