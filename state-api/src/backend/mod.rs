@@ -100,7 +100,7 @@ pub trait StateBackend: Send + Sync {
     /// Takes the synchronous part of `keyed`'s snapshot for checkpoint
     /// `checkpoint_id` into this backend's streams (the id given once) and
     /// returns the asynchronous part. With a coordinator, use
-    /// [`crate::checkpoint::PendingCheckpoint::snapshot_keyed`].
+    /// `checkpoint_store::PendingCheckpoint::snapshot_keyed`.
     fn snapshot_keyed<B: KeyedStateBackend>(
         &self,
         keyed: &mut B,
