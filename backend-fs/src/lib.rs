@@ -55,10 +55,10 @@ use checkpoint_store::{
     CheckpointConfig, CheckpointCoordinator, CheckpointStorage, JobLayout, Storage,
 };
 use state_api::backend::KeyedBackendParams;
-use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;
-use state_api::{Result, StateBackend};
+use state_api::{DefaultOperatorStateBackend, Result, StateBackend};
 
 /// Configuration of the file-checkpointing heap backend for one job.
 #[derive(Clone, Debug)]
@@ -142,7 +142,19 @@ impl StateBackend for FsStateBackend {
         let options = HeapOptions {
             incremental: self.incremental.clone(),
         };
+        let params = match params.files {
+            Some(_) => params,
+            None => params.with_files(self.storage.files()),
+        };
         HeapKeyedStateBackend::with_options(params, restore, options)
+    }
+
+    /// Restores through this backend's checkpoint storage.
+    fn create_operator_backend(
+        &self,
+        restore: &[OperatorStateHandle],
+    ) -> Result<DefaultOperatorStateBackend> {
+        DefaultOperatorStateBackend::restore_with(restore, &*self.storage.files())
     }
 
     /// Streams of checkpoint `checkpoint_id` without a coordinator: exclusive

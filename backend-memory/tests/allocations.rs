@@ -31,6 +31,7 @@ fn backend(incremental: bool) -> Result<HeapKeyedStateBackend<i64>> {
         key_group_range: KeyGroupRange::all(128),
         key_codec: postcard::<i64>(),
         clock: Default::default(),
+        files: None,
     };
     let options = HeapOptions {
         incremental: incremental.then(IncrementalOptions::default),

@@ -41,7 +41,7 @@ use state_api::backend::registration::check_key_group;
 use state_api::format::frame::Compression;
 use state_api::format::keyed::{KeyedSnapshotMeta, KeyedSnapshotWriter, Record, RecordBody};
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
-use state_api::snapshot::stream::{CheckpointStreamFactory, StreamScope};
+use state_api::snapshot::stream::{CheckpointStreamFactory, LocalFiles, StreamScope};
 use state_api::state::StorageShape;
 use state_api::{Error, Result};
 
@@ -193,7 +193,7 @@ impl NativeInstance {
             unique_file_name()
         ));
         let guard = FolderGuard(folder.clone());
-        native::materialize(handle, &folder)?;
+        native::materialize(handle, &folder, &LocalFiles, &[])?;
         // Only reads: a small cache of its own, outside any memory budget.
         let options = RocksOptions::default().with_memory_per_instance();
         let cache = Cache::new_lru_cache(SCAN_CACHE_BYTES);

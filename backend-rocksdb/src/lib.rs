@@ -69,10 +69,10 @@ use std::sync::Arc;
 use checkpoint_store::layout::unique_file_name;
 use checkpoint_store::{CheckpointConfig, CheckpointCoordinator, CheckpointStorage, Storage};
 use state_api::backend::KeyedBackendParams;
-use state_api::snapshot::handle::KeyedStateHandle;
+use state_api::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
 use state_api::snapshot::stream::CheckpointStreamFactory;
 use state_api::state::StateKey;
-use state_api::{Result, StateBackend};
+use state_api::{DefaultOperatorStateBackend, Result, StateBackend};
 
 pub use db::{engine_options, engine_write_options};
 pub use keyed::RocksKeyedStateBackend;
@@ -147,7 +147,19 @@ impl StateBackend for RocksDbStateBackend {
             params.key_group_range.start(),
             unique_file_name()
         ));
+        let params = match params.files {
+            Some(_) => params,
+            None => params.with_files(self.storage.files()),
+        };
         RocksKeyedStateBackend::open(&folder, params, restore, self.options.clone())
+    }
+
+    /// Restores through this backend's checkpoint storage.
+    fn create_operator_backend(
+        &self,
+        restore: &[OperatorStateHandle],
+    ) -> Result<DefaultOperatorStateBackend> {
+        DefaultOperatorStateBackend::restore_with(restore, &*self.storage.files())
     }
 
     fn stream_factory(&self, checkpoint_id: u64) -> Result<Arc<dyn CheckpointStreamFactory>> {

@@ -48,7 +48,7 @@ use rocksdb::{
 use state_api::format::keyed::KeyedSnapshotMeta;
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, NativeFile};
 use state_api::snapshot::stream::{
-    check_file_size, CheckpointStreamFactory, StreamScope, StreamStateHandle,
+    check_file_size, CheckpointStreamFactory, StateFileReader, StreamScope, StreamStateHandle,
 };
 use state_api::snapshot::task::Cancellation;
 use state_api::{Error, ErrorKind, KeyGroupRange, Result};
@@ -417,15 +417,27 @@ pub(crate) fn check_native(handle: &IncrementalNativeStateHandle, describe: &str
 }
 
 /// Places the files of `handle` into `folder` (created), checking sizes and
-/// checksums. SSTs are hard-linked when possible; other files are copied,
-/// since RocksDB may rewrite them.
-pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) -> Result<()> {
+/// checksums. Files are read through `files`; local SSTs are hard-linked
+/// when possible, other files copied (RocksDB may rewrite them), remote ones
+/// downloaded. A file of the same name, size and CRC32 already in one of the
+/// local folders `reuse` (previous instances' folders on the same host) is
+/// linked from there instead of being read again: local recovery.
+pub(crate) fn materialize(
+    handle: &IncrementalNativeStateHandle,
+    folder: &Path,
+    files: &dyn StateFileReader,
+    reuse: &[PathBuf],
+) -> Result<MaterializeStats> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
+    let mut stats = MaterializeStats::default();
     for f in handle.files() {
         let dest = folder.join(&f.name);
-        let source = f.data.describe();
         let needed_by = format!("checkpoint {}", handle.checkpoint_id);
+        let source = match &f.data {
+            StreamStateHandle::File { path, .. } => files.describe(path),
+            other => other.describe(),
+        };
         let unreadable = |source_error| Error::StateFileUnreadable {
             file: source.clone(),
             needed_by: needed_by.clone(),
@@ -433,16 +445,32 @@ pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) 
         };
         match &f.data {
             StreamStateHandle::File { path, size } => {
-                let actual = std::fs::metadata(path).map_err(unreadable)?.len();
-                check_file_size(&source, *size, actual)?;
-                let linked = f.name.ends_with(".sst") && std::fs::hard_link(path, &dest).is_ok();
-                if !linked {
-                    std::fs::copy(path, &dest)
-                        .map_err(|e| Error::io(format!("copying {source}"), e))?;
+                let reused = f.name.ends_with(".sst")
+                    && reuse
+                        .iter()
+                        .any(|dir| reuse_local(&dir.join(&f.name), *size, f.crc32, &dest));
+                if reused {
+                    stats.reused += 1;
+                    continue;
+                }
+                if let Some(local) = files.local_path(path) {
+                    let actual = std::fs::metadata(&local).map_err(unreadable)?.len();
+                    check_file_size(&source, *size, actual)?;
+                    let linked =
+                        f.name.ends_with(".sst") && std::fs::hard_link(&local, &dest).is_ok();
+                    if !linked {
+                        std::fs::copy(&local, &dest)
+                            .map_err(|e| Error::io(format!("copying {source}"), e))?;
+                    }
+                } else {
+                    let actual = files.download(path, &dest).map_err(unreadable)?;
+                    check_file_size(&source, *size, actual)?;
+                    stats.downloaded += 1;
+                    stats.downloaded_bytes += actual;
                 }
             }
             _ => {
-                let bytes = f.data.read_for(&needed_by)?;
+                let bytes = f.data.read_with(files, &needed_by)?;
                 let mut out = File::create(&dest)
                     .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
                 out.write_all(bytes.bytes())
@@ -459,7 +487,45 @@ pub(crate) fn materialize(handle: &IncrementalNativeStateHandle, folder: &Path) 
             });
         }
     }
-    Ok(())
+    Ok(stats)
+}
+
+/// What [`materialize`] did: files reused from the local folder, files and
+/// bytes downloaded from a remote store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaterializeStats {
+    /// Files hard-linked from the previous local folder.
+    pub reused: u64,
+    /// Files downloaded.
+    pub downloaded: u64,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+}
+
+/// The other folders beside `folder`: earlier instances' working folders,
+/// whose SSTs a restore on this host may reuse.
+pub(crate) fn sibling_folders(folder: &Path) -> Vec<PathBuf> {
+    let Some(parent) = folder.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.as_path() != folder && p.is_dir())
+        .collect()
+}
+
+/// Links `candidate` to `dest` if it has `size` bytes and CRC32 `crc`.
+fn reuse_local(candidate: &Path, size: u64, crc: u32, dest: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(candidate) else {
+        return false;
+    };
+    meta.len() == size
+        && crc_of(candidate).is_ok_and(|c| c == crc)
+        && std::fs::hard_link(candidate, dest).is_ok()
 }
 
 fn crc_of(path: &Path) -> Result<u32> {

@@ -12,6 +12,7 @@ use state_api::backend::KeyedBackendParams;
 use state_api::format::bytes::put_bytes;
 use state_api::format::keyed::{KeyedSnapshotReader, RecordBody};
 use state_api::snapshot::handle::{IncrementalNativeStateHandle, KeyedStateHandle};
+use state_api::snapshot::stream::StateFileReader;
 use state_api::state::{StateKey, StateKind, StateMeta, StorageShape};
 use state_api::{Error, KeyGroupRange, Result};
 
@@ -63,7 +64,7 @@ pub(crate) fn open_store<K: StateKey>(
     let (inst, cache) = match base {
         Some(i) => {
             let b = natives[i].0;
-            native::materialize(b, folder)?;
+            native::materialize(b, folder, params.files(), &native::sibling_folders(folder))?;
             match list_bound::take_file(folder)? {
                 Some(bound) => list_bound = bound,
                 None => unknown |= holds_lists(b),
@@ -82,7 +83,7 @@ pub(crate) fn open_store<K: StateKey>(
     let store = RocksStore::new(inst, cache, options, memory, 0, filters);
     for (i, (n, file)) in natives.iter().enumerate() {
         if Some(i) != base {
-            match merge_native(&store, n, file, i, own, plen)? {
+            match merge_native(&store, n, file, i, own, plen, params.files())? {
                 Some(bound) => list_bound = list_bound.max(bound),
                 None => unknown |= holds_lists(n),
             }
@@ -172,6 +173,7 @@ fn merge_native(
     i: usize,
     own: KeyGroupRange,
     prefix_len: usize,
+    files: &dyn StateFileReader,
 ) -> Result<Option<u64>> {
     let range = n.range.intersection(&own);
     if range.is_empty() {
@@ -181,7 +183,7 @@ fn merge_native(
     let options = store.options();
     let tmp = PathBuf::from(format!("{}.restore-{i}", inst.folder().display()));
     let _guard = FolderGuard(tmp.clone());
-    native::materialize(n, &tmp)?;
+    native::materialize(n, &tmp, files, &[])?;
     let bound = list_bound::take_file(&tmp)?;
     let cache = Cache::new_lru_cache(8 << 20);
     let opts = column_family_options(options, &cache);
@@ -231,7 +233,7 @@ fn restore_canonical<K: StateKey>(
         .map(|h| Ok(h.canonical_pieces()?.into_iter().map(move |p| (h, p))))
         .collect::<Result<Vec<_>>>()?;
     for (top, piece) in pieces.into_iter().flatten() {
-        let reader = KeyedSnapshotReader::open_for(piece, &top.needed_by(piece))?;
+        let reader = KeyedSnapshotReader::open_with(piece, params.files(), &top.needed_by(piece))?;
         let file = reader.file_name().to_string();
         let meta = reader.meta().clone();
         for name in accept_restored_file(&file, &meta, params, metas)? {

@@ -259,6 +259,9 @@ fn a_damaged_or_missing_sst_is_a_typed_error_naming_it() -> Result<()> {
     let v = values(&mut k)?;
     put_all(&mut k, &v, 0..5000, 0)?;
     let h = snapshot(&b, &mut k, 1)?.expect("state");
+    // A live instance's folder holds the same SSTs, and a restore would
+    // reuse them (local recovery) without reading the checkpoint's copies.
+    drop(k);
     let sst = first_sst(&h);
     let original = std::fs::read(&sst).map_err(|e| Error::io("reading", e))?;
     let name = sst.display().to_string();
@@ -379,4 +382,54 @@ fn read_all_owned(k: &mut Backend, v: &ValueState<i64>, keys: u64, subtask: u32)
         n += usize::from(v.on(k).get()?.is_some());
     }
     Ok(n)
+}
+
+/// Local recovery: a restore on the host where the checkpoint was taken
+/// links the SSTs still in an earlier instance's folder (same name, size
+/// and CRC32) and reads only the rest from checkpoint storage.
+#[test]
+fn a_restore_on_the_same_host_reuses_local_ssts() -> Result<()> {
+    let dir = tempdir()?;
+    // Counts every storage operation; a storage that is not the local file
+    // system is read through it, never hard-linked behind its back.
+    let storage =
+        checkpoint_store::FaultyStorage::new(checkpoint_store::LocalStorage, u64::MAX / 2);
+    let b = rocks(dir.path(), RocksOptions::default())?
+        .with_storage(std::sync::Arc::new(storage.clone()));
+    let mut k = keyed::<_, u64>(&b, 128, 1, 0, &[])?;
+    let v = values(&mut k)?;
+    put_all(&mut k, &v, 0..5000, 7)?;
+    let h = snapshot(&b, &mut k, 1)?.expect("state");
+    let ssts = native(&h)
+        .shared
+        .iter()
+        .filter(|f| f.name.ends_with(".sst"))
+        .count() as i64;
+    assert!(ssts > 0, "the checkpoint has SSTs");
+
+    // The first instance's folder is still there (as after a crash).
+    let ops = storage.remaining();
+    let mut reused = keyed::<_, u64>(&b, 128, 1, 0, std::slice::from_ref(&h))?;
+    let reused_ops = ops - storage.remaining();
+    let v2 = values(&mut reused)?;
+    assert_eq!(read_all(&mut reused, &v2, 5000)?.len(), 5000);
+    drop(reused);
+    drop(k);
+
+    // No earlier folder: every SST comes from checkpoint storage.
+    let ops = storage.remaining();
+    let mut fresh = keyed::<_, u64>(&b, 128, 1, 0, std::slice::from_ref(&h))?;
+    let fresh_ops = ops - storage.remaining();
+    let v3 = values(&mut fresh)?;
+    assert_eq!(read_all(&mut fresh, &v3, 5000)?, read_all_values(5000, 7));
+    assert_eq!(
+        fresh_ops - reused_ops,
+        ssts,
+        "one read per SST more without local files ({fresh_ops} against {reused_ops})"
+    );
+    Ok(())
+}
+
+fn read_all_values(keys: u64, base: i64) -> BTreeMap<u64, i64> {
+    (0..keys).map(|k| (k, base + k as i64)).collect()
 }

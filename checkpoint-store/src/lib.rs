@@ -33,7 +33,7 @@ pub use inspect::{
 pub use layout::JobLayout;
 pub use metadata::{load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState};
 pub use restore::{resolve_metadata_path, RestorePlan, SubtaskRestore, SubtaskSpec};
-pub use storage::{LocalStorage, Storage, StorageFile};
+pub use storage::{LocalStorage, Storage, StorageFile, StorageFiles};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +95,11 @@ impl CheckpointStorage {
     /// The storage in use.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// A reader of state files through this storage, for restores.
+    pub fn files(&self) -> state_api::snapshot::stream::SharedFileReader {
+        Arc::new(StorageFiles(self.storage.clone()))
     }
 
     /// The inline threshold.

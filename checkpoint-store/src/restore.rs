@@ -123,6 +123,7 @@ impl SubtaskSpec {
             key_group_range: self.key_group_range(),
             key_codec,
             clock: Default::default(),
+            files: None,
         }
     }
 }

@@ -19,7 +19,10 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use state_api::snapshot::stream::StateFileReader;
 
 /// A file being written.
 pub trait StorageFile: Send {
@@ -88,6 +91,39 @@ pub trait Storage: Send + Sync + 'static {
     /// How `path` is named in messages (an object store gives its URL).
     fn describe(&self, path: &Path) -> String {
         path.display().to_string()
+    }
+    /// Where `path` is on the local file system, when the store is local and
+    /// may be read behind its back (hard links on restore); `None` otherwise.
+    fn local_path(&self, path: &Path) -> Option<PathBuf> {
+        let _ = path;
+        None
+    }
+}
+
+/// Reads state files through a [`Storage`]: what backends restore with.
+#[derive(Clone)]
+pub struct StorageFiles(pub Arc<dyn Storage>);
+
+impl StateFileReader for StorageFiles {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        self.0.open(path)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.0.read(path)
+    }
+
+    fn describe(&self, path: &Path) -> String {
+        self.0.describe(path)
+    }
+
+    fn local_path(&self, path: &Path) -> Option<PathBuf> {
+        self.0.local_path(path)
+    }
+
+    fn download(&self, path: &Path, local: &Path) -> io::Result<u64> {
+        self.0.download_file(path, local)?;
+        Ok(fs::metadata(local)?.len())
     }
 }
 
@@ -195,5 +231,9 @@ impl Storage for LocalStorage {
 
     fn len(&self, path: &Path) -> io::Result<u64> {
         fs::metadata(path).map(|m| m.len())
+    }
+
+    fn local_path(&self, path: &Path) -> Option<PathBuf> {
+        Some(path.to_path_buf())
     }
 }

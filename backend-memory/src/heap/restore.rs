@@ -80,7 +80,8 @@ impl RestoredData {
             .map(|h| Ok(h.canonical_pieces()?.into_iter().map(move |p| (h, p))))
             .collect::<Result<Vec<_>>>()?;
         for (top, handle) in pieces.into_iter().flatten() {
-            let reader = KeyedSnapshotReader::open_for(handle, &top.needed_by(handle))?;
+            let reader =
+                KeyedSnapshotReader::open_with(handle, params.files(), &top.needed_by(handle))?;
             let file = reader.file_name().to_string();
             let meta = reader.meta();
             accept_restored_file(&file, meta, params, &mut metas)?;

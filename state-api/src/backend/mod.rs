@@ -12,7 +12,9 @@ use crate::codec::SharedCodec;
 use crate::error::Result;
 use crate::key_group::{check_parallelism, KeyGroupRange};
 use crate::snapshot::handle::{KeyedStateHandle, OperatorStateHandle};
-use crate::snapshot::stream::CheckpointStreamFactory;
+use crate::snapshot::stream::{
+    CheckpointStreamFactory, LocalFiles, SharedFileReader, StateFileReader,
+};
 use crate::snapshot::task::SnapshotTask;
 use crate::snapshot::SnapshotOptions;
 use crate::state::ttl::StateClock;
@@ -31,6 +33,9 @@ pub struct KeyedBackendParams<K> {
     /// The clock state time-to-live is measured against (the system clock
     /// and no watermark unless set with [`KeyedBackendParams::with_clock`]).
     pub clock: StateClock,
+    /// Reads the files of the handles restored (unset: the backend reads
+    /// through its own checkpoint storage, or the local file system).
+    pub files: Option<SharedFileReader>,
 }
 
 impl<K> Clone for KeyedBackendParams<K> {
@@ -40,6 +45,7 @@ impl<K> Clone for KeyedBackendParams<K> {
             key_group_range: self.key_group_range,
             key_codec: self.key_codec.clone(),
             clock: self.clock.clone(),
+            files: self.files.clone(),
         }
     }
 }
@@ -58,6 +64,7 @@ impl<K> KeyedBackendParams<K> {
             key_group_range: KeyGroupRange::for_operator(max_parallelism, parallelism, index)?,
             key_codec,
             clock: StateClock::default(),
+            files: None,
         })
     }
 
@@ -66,6 +73,23 @@ impl<K> KeyedBackendParams<K> {
     pub fn with_clock(mut self, clock: StateClock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The same parameters, reading restored files through `files` (such as
+    /// a checkpoint store's reader for an object store).
+    pub fn with_files(mut self, files: SharedFileReader) -> Self {
+        self.files = Some(files);
+        self
+    }
+
+    /// The reader of restored files: the one set, else `default`.
+    pub fn files_or<'a>(&'a self, default: &'a dyn StateFileReader) -> &'a dyn StateFileReader {
+        self.files.as_deref().unwrap_or(default)
+    }
+
+    /// The reader of restored files: the one set, else the local file system.
+    pub fn files(&self) -> &dyn StateFileReader {
+        self.files_or(&LocalFiles)
     }
 }
 

@@ -16,10 +16,10 @@ use crate::codec::{Compatibility, SharedCodec};
 use crate::error::{Error, Result};
 use crate::format::bytes::{put_bytes, ByteReader};
 use crate::format::operator::{
-    read_operator_snapshot, write_operator_snapshot, OperatorStateData, OperatorStateMeta,
+    read_operator_snapshot_with, write_operator_snapshot, OperatorStateData, OperatorStateMeta,
 };
 use crate::snapshot::handle::{Distribution, OperatorStateHandle};
-use crate::snapshot::stream::{CheckpointStreamFactory, StreamScope};
+use crate::snapshot::stream::{CheckpointStreamFactory, LocalFiles, StateFileReader, StreamScope};
 use crate::snapshot::task::{CancellationRegistry, SnapshotTask};
 use crate::snapshot::SnapshotOptions;
 use crate::state::descriptor::{ListStateDescriptor, MapStateDescriptor};
@@ -217,10 +217,19 @@ impl DefaultOperatorStateBackend {
     /// [`crate::snapshot::rescale::assign_operator_state`]). Elements of the
     /// same state from several handles are concatenated in handle order.
     pub fn restore(handles: &[OperatorStateHandle]) -> Result<Self> {
+        Self::restore_with(handles, &LocalFiles)
+    }
+
+    /// Like [`DefaultOperatorStateBackend::restore`], reading the handles'
+    /// files through `files`.
+    pub fn restore_with(
+        handles: &[OperatorStateHandle],
+        files: &dyn StateFileReader,
+    ) -> Result<Self> {
         let mut backend = Self::new();
         backend.restored = !handles.is_empty();
         for handle in handles {
-            for data in read_operator_snapshot(handle)? {
+            for data in read_operator_snapshot_with(handle, files)? {
                 match backend
                     .entries
                     .iter_mut()

@@ -36,7 +36,9 @@ use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
 use crate::snapshot::handle::KeyGroupsStateHandle;
-use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
+use crate::snapshot::stream::{
+    CheckpointOutputStream, LocalFiles, StateFileReader, StreamBytes, StreamStateHandle,
+};
 use crate::state::ttl::{TtlInstant, TtlMeta};
 use crate::state::{StateMeta, StorageShape};
 
@@ -526,7 +528,16 @@ impl KeyedSnapshotReader {
     /// Like [`KeyedSnapshotReader::open`], with errors that say `needed_by`
     /// needs the file (see [`crate::snapshot::handle::KeyedStateHandle::needed_by`]).
     pub fn open_for(handle: &KeyGroupsStateHandle, needed_by: &str) -> Result<Self> {
-        let reader = Self::from_bytes(handle.data.read_for(needed_by)?)?;
+        Self::open_with(handle, &LocalFiles, needed_by)
+    }
+
+    /// Like [`KeyedSnapshotReader::open_for`], reading the file through `files`.
+    pub fn open_with(
+        handle: &KeyGroupsStateHandle,
+        files: &dyn StateFileReader,
+        needed_by: &str,
+    ) -> Result<Self> {
+        let reader = Self::from_bytes(handle.data.read_with(files, needed_by)?)?;
         let name = reader.bytes.name().to_string();
         let corrupted = |reason: String| Error::Corrupted {
             file: name.clone(),

@@ -24,7 +24,9 @@ use super::{check_envelope, encode_footer, encode_header, FormatVersion, FOOTER_
 use crate::codec::CodecSchema;
 use crate::error::{Error, Result};
 use crate::snapshot::handle::{Distribution, OperatorStateHandle, OperatorStatePart};
-use crate::snapshot::stream::{CheckpointOutputStream, StreamBytes, StreamStateHandle};
+use crate::snapshot::stream::{
+    CheckpointOutputStream, LocalFiles, StateFileReader, StreamBytes, StreamStateHandle,
+};
 
 /// Magic bytes of an operator snapshot file.
 pub const OPERATOR_MAGIC: [u8; 4] = *b"SOPR";
@@ -147,7 +149,15 @@ pub fn write_operator_snapshot(
 /// Reads the states a handle covers: their metas and the elements at the
 /// handle's offsets (in the handle's order).
 pub fn read_operator_snapshot(handle: &OperatorStateHandle) -> Result<Vec<OperatorStateData>> {
-    let bytes = handle.data.read_for(&handle.needed_by())?;
+    read_operator_snapshot_with(handle, &LocalFiles)
+}
+
+/// Like [`read_operator_snapshot`], reading the file through `files`.
+pub fn read_operator_snapshot_with(
+    handle: &OperatorStateHandle,
+    files: &dyn StateFileReader,
+) -> Result<Vec<OperatorStateData>> {
+    let bytes = handle.data.read_with(files, &handle.needed_by())?;
     read_operator_bytes(&bytes, handle)
 }
 

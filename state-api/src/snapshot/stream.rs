@@ -7,7 +7,8 @@
 //! `MemCheckpointStreamFactory`); file and object-store factories implement the
 //! same traits.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -104,18 +105,26 @@ impl StreamStateHandle {
     /// `needed_by`; a file whose size differs from the handle's is a
     /// [`Error::Truncated`] or [`Error::Corrupted`] error.
     pub fn read_for(&self, needed_by: &str) -> Result<StreamBytes> {
+        self.read_with(&LocalFiles, needed_by)
+    }
+
+    /// Like [`StreamStateHandle::read_for`], reading files through `files`
+    /// (checkpoint storage gives readers for object stores).
+    pub fn read_with(&self, files: &dyn StateFileReader, needed_by: &str) -> Result<StreamBytes> {
         match self {
             StreamStateHandle::InMemory { name, data } => Ok(StreamBytes {
                 name: Arc::from(name.as_str()),
                 data: data.clone(),
             }),
             StreamStateHandle::File { path, size } => {
-                let name = path.display().to_string();
-                let data = std::fs::read(path).map_err(|source| Error::StateFileUnreadable {
-                    file: name.clone(),
-                    needed_by: needed_by.to_string(),
-                    source,
-                })?;
+                let name = files.describe(path);
+                let data = files
+                    .read(path)
+                    .map_err(|source| Error::StateFileUnreadable {
+                        file: name.clone(),
+                        needed_by: needed_by.to_string(),
+                        source,
+                    })?;
                 check_file_size(&name, *size, data.len() as u64)?;
                 Ok(StreamBytes {
                     name: Arc::from(name.as_str()),
@@ -123,6 +132,63 @@ impl StreamStateHandle {
                 })
             }
         }
+    }
+}
+
+/// Reads the files that [`StreamStateHandle::File`] handles name. The
+/// `checkpoint-store` crate implements it for every store it writes to;
+/// [`LocalFiles`] reads the local file system.
+pub trait StateFileReader: Send + Sync {
+    /// Opens a file, streaming its bytes.
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn Read + Send>>;
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.open(path)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+    /// How `path` is named in messages (a URL for an object store).
+    fn describe(&self, path: &Path) -> String {
+        path.display().to_string()
+    }
+    /// Where `path` is on the local file system, if it is there (so that a
+    /// restore may hard-link it instead of copying); `None` for remote stores.
+    fn local_path(&self, path: &Path) -> Option<PathBuf> {
+        let _ = path;
+        None
+    }
+    /// Copies `path` into the new local file `local`, streaming.
+    fn download(&self, path: &Path, local: &Path) -> std::io::Result<u64> {
+        let mut from = self.open(path)?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(local)?;
+        std::io::copy(&mut from, &mut to)
+    }
+}
+
+/// A shared [`StateFileReader`].
+pub type SharedFileReader = Arc<dyn StateFileReader>;
+
+/// Reads state files from the local file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalFiles;
+
+impl StateFileReader for LocalFiles {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            256 * 1024,
+            std::fs::File::open(path)?,
+        )))
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn local_path(&self, path: &Path) -> Option<PathBuf> {
+        Some(path.to_path_buf())
     }
 }
 
