@@ -71,10 +71,19 @@ impl FsStateBackend {
     /// Checkpoints of job `job_id` go under `checkpoint_dir/job_id`; full
     /// snapshots, 20 KiB inline threshold, the local file system.
     pub fn new(checkpoint_dir: &Path, job_id: &str) -> Result<Self> {
-        Ok(FsStateBackend {
-            storage: CheckpointStorage::new(checkpoint_dir, job_id)?,
+        Ok(Self::with_checkpoint_storage(CheckpointStorage::new(
+            checkpoint_dir,
+            job_id,
+        )?))
+    }
+
+    /// Checkpoints go to `storage`, such as
+    /// `CheckpointStorage::open("s3://bucket/prefix", job_id)`.
+    pub fn with_checkpoint_storage(storage: CheckpointStorage) -> Self {
+        FsStateBackend {
+            storage,
             incremental: None,
-        })
+        }
     }
 
     /// Turns incremental checkpoints on (default options) or off.

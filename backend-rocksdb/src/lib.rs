@@ -92,11 +92,23 @@ impl RocksDbStateBackend {
     /// backend, removed when it is dropped); checkpoints of job `job_id` go
     /// under `checkpoint_dir/job_id`.
     pub fn new(local_dir: &Path, checkpoint_dir: &Path, job_id: &str) -> Result<Self> {
-        Ok(RocksDbStateBackend {
+        Ok(Self::with_checkpoint_storage(
+            local_dir,
+            CheckpointStorage::new(checkpoint_dir, job_id)?,
+        ))
+    }
+
+    /// Instances work in `local_dir`; checkpoints go to `storage`, such as
+    /// `CheckpointStorage::open("s3://bucket/prefix", job_id)` (SSTs are
+    /// uploaded once to the job's `shared/` there, and downloaded into
+    /// `local_dir` on restore unless an earlier instance's folder there
+    /// still holds them).
+    pub fn with_checkpoint_storage(local_dir: &Path, storage: CheckpointStorage) -> Self {
+        RocksDbStateBackend {
             local_dir: local_dir.to_path_buf(),
-            storage: CheckpointStorage::new(checkpoint_dir, job_id)?,
+            storage,
             options: RocksOptions::default(),
-        })
+        }
     }
 
     /// Tunes the RocksDB instances.

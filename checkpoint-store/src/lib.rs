@@ -11,9 +11,16 @@
 pub mod coordinator;
 #[cfg(feature = "test-support")]
 pub mod faulty;
+#[cfg(all(feature = "object-store", feature = "test-support"))]
+mod flaky_http;
 pub mod inspect;
 pub mod layout;
+pub mod location;
 pub mod metadata;
+#[cfg(feature = "object-store")]
+pub mod object;
+#[cfg(all(feature = "object-store", feature = "test-support"))]
+pub mod object_faults;
 pub mod processor;
 pub mod restore;
 pub mod rewrite;
@@ -26,12 +33,19 @@ pub use coordinator::{
 };
 #[cfg(feature = "test-support")]
 pub use faulty::FaultyStorage;
+#[cfg(all(feature = "object-store", feature = "test-support"))]
+pub use flaky_http::FlakyHttpConnector;
 pub use inspect::{
     inspect_snapshot, list_snapshots, verify_snapshot, Problem, SnapshotListing, SnapshotSummary,
     VerifyReport,
 };
 pub use layout::JobLayout;
+#[cfg(feature = "object-store")]
+pub use location::open_object_store_with;
+pub use location::{open_storage, Location};
 pub use metadata::{load_metadata, CheckpointMetadata, OperatorState, SnapshotKind, SubtaskState};
+#[cfg(feature = "object-store")]
+pub use object::{ObjectStoreOptions, ObjectStoreStorage};
 pub use restore::{resolve_metadata_path, RestorePlan, SubtaskRestore, SubtaskSpec};
 pub use storage::{LocalStorage, Storage, StorageFile, StorageFiles};
 
@@ -70,6 +84,26 @@ impl CheckpointStorage {
             storage: Arc::new(LocalStorage),
             checkpoint_dir: checkpoint_dir.to_path_buf(),
             layout: JobLayout::new(checkpoint_dir, job_id)?,
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+        })
+    }
+
+    /// Checkpoints of job `job_id` under `location`: a local path or
+    /// `file://` URL, or (with the `object-store` feature) an object-store
+    /// URL such as `s3://bucket/prefix` or `memory://name` (see
+    /// [`Location`]).
+    pub fn open(location: &str, job_id: &str) -> Result<Self> {
+        let location = Location::parse(location)?;
+        Self::at(&location, open_storage(&location)?, job_id)
+    }
+
+    /// Checkpoints of job `job_id` under `location`, through `storage`.
+    pub fn at(location: &Location, storage: Arc<dyn Storage>, job_id: &str) -> Result<Self> {
+        let root = location.root();
+        Ok(CheckpointStorage {
+            storage,
+            layout: JobLayout::new(&root, job_id)?,
+            checkpoint_dir: root,
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
         })
     }
