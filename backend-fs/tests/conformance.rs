@@ -26,3 +26,23 @@ mod incremental_snapshots {
     conformance_tests::conformance_suite!(super::incremental());
     conformance_tests::model_test!(super::incremental(), 24);
 }
+
+/// Checkpoints on object storage: S3 (the local server `scripts/test`
+/// starts), else the in-memory object store.
+fn on_object_store(incremental: bool) -> TempDirBackend<FsStateBackend> {
+    TempDirBackend::new(move |dir| {
+        let location = conformance_tests::harness::object_store_location(dir);
+        let storage = checkpoint_store::CheckpointStorage::open(&location, "job")?;
+        Ok(FsStateBackend::with_checkpoint_storage(storage)
+            .with_inline_threshold(0)?
+            .with_incremental(incremental))
+    })
+}
+
+mod object_store_full {
+    conformance_tests::conformance_suite!(super::on_object_store(false));
+}
+
+mod object_store_incremental {
+    conformance_tests::conformance_suite!(super::on_object_store(true));
+}

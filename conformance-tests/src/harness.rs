@@ -196,6 +196,32 @@ pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
+/// A checkpoint location on object storage for a backend built in `dir`:
+/// a fresh prefix of the S3 bucket `FLOWSTATE_S3_URL` names (a local S3
+/// server, as `scripts/test` starts), else a fresh in-memory object store
+/// (`memory://`). With `FLOWSTATE_REQUIRE_S3` set, a missing
+/// `FLOWSTATE_S3_URL` panics instead, so that CI cannot skip S3 silently.
+pub fn object_store_location(dir: &std::path::Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        })
+        .unwrap_or_default();
+    let unique = format!("t{}-{name}", std::process::id());
+    match std::env::var("FLOWSTATE_S3_URL") {
+        Ok(url) if !url.is_empty() => format!("{}/{unique}", url.trim_end_matches('/')),
+        _ => {
+            assert!(
+                std::env::var_os("FLOWSTATE_REQUIRE_S3").is_none(),
+                "FLOWSTATE_REQUIRE_S3 is set but FLOWSTATE_S3_URL is not"
+            );
+            format!("memory://{unique}")
+        }
+    }
+}
+
 /// A backend that lives in a temporary directory, deleted when it is dropped.
 pub struct TempDirBackend<S> {
     backend: S,
