@@ -235,6 +235,105 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// The settings of the demo across processes.
+#[derive(Clone, Debug)]
+pub struct ClusterDemoOptions {
+    /// The `statectl` binary the steps run.
+    pub exe: PathBuf,
+    /// Where checkpoints go (a folder or an object-store URL).
+    pub location: String,
+    /// Records in the source.
+    pub records: u64,
+    /// Records each worker reads per second before the kill.
+    pub rate: u64,
+    /// How long to wait for any one step.
+    pub timeout: Duration,
+}
+
+/// The pid of a "worker I pid P ..." line.
+fn worker_pid(line: &str) -> Option<(u32, u32)> {
+    let mut words = line.split_whitespace();
+    (words.next()? == "worker").then_some(())?;
+    let index = words.next()?.parse().ok()?;
+    (words.next()? == "pid").then_some(())?;
+    Some((index, words.next()?.parse().ok()?))
+}
+
+/// The job across processes: 3 workers checkpointing to the location, one
+/// killed with SIGKILL after two checkpoints (the coordinator fails the
+/// job), then the job resumed from its latest checkpoint at 2 workers and
+/// run to the end of its source, every count checked.
+pub fn run_cluster(options: &ClusterDemoOptions) -> Result<(), String> {
+    let exe = &options.exe;
+    let t = options.timeout;
+    let job = format!("cluster-demo-{}", std::process::id());
+    let common = |workers: &str| {
+        args(&[
+            "cluster",
+            "--checkpoints",
+            &options.location,
+            "--job-id",
+            &job,
+            "--workers",
+            workers,
+            "--checkpoint-interval-ms",
+            "300",
+            "--records",
+            &options.records.to_string(),
+            "--partitions",
+            "4",
+            "--keys",
+            "5000",
+        ])
+    };
+    println!(
+        "step 1: run the job as a coordinator and 3 worker processes checkpointing to {}; SIGKILL worker 1 after two checkpoints",
+        options.location
+    );
+    let mut a = common("3");
+    a.extend(args(&["--rate", &options.rate.to_string()]));
+    let mut coordinator = JobProcess::spawn(exe, &a, "the coordinator")?;
+    let mut pids = std::collections::BTreeMap::new();
+    let mut seen = 0;
+    let last = coordinator.wait_for(t, |l| {
+        if let Some((i, pid)) = worker_pid(l) {
+            pids.insert(i, pid);
+        }
+        let id = completed_checkpoint(l)?;
+        seen += 1;
+        (seen >= 2).then_some(id)
+    })?;
+    let victim = *pids.get(&1).ok_or("the coordinator named no worker 1")?;
+    let status = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .map_err(|e| format!("killing worker 1: {e}"))?;
+    if !status.success() {
+        return Err(format!("kill -KILL {victim} failed ({status})"));
+    }
+    println!("  killed worker 1 (pid {victim}) after checkpoint {last}");
+    match coordinator.finish(t) {
+        Ok(()) => return Err("the coordinator succeeded although a worker was killed".into()),
+        Err(e) => println!("  the job failed, as it must: {e}"),
+    }
+
+    println!("step 2: resume from the latest checkpoint with 2 workers and run to the end");
+    let mut coordinator = JobProcess::spawn(exe, &common("2"), "the resumed coordinator")?;
+    let resumed = coordinator.wait_for(t, |l| {
+        let rest = l.strip_prefix("resuming from checkpoint ")?;
+        rest.split_whitespace().next()?.parse::<u64>().ok()
+    })?;
+    if resumed < last {
+        return Err(format!(
+            "resumed from checkpoint {resumed}, older than checkpoint {last}"
+        ));
+    }
+    coordinator.wait_for(t, |l| l.starts_with("finished:").then_some(()))?;
+    coordinator.finish(t)?;
+    println!("every count is exact after a killed worker and a rescale from 3 to 2 processes");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +346,10 @@ mod tests {
         );
         assert_eq!(completed_checkpoint("checkpoint 12 failed"), None);
         assert_eq!(completed_checkpoint("savepoint 3 completed"), None);
+        assert_eq!(
+            worker_pid("worker 2 pid 4242 key groups 86..=127 restored 0 records"),
+            Some((2, 4242))
+        );
+        assert_eq!(worker_pid("worker 2 done: 5 keys"), None);
     }
 }

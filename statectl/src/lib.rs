@@ -11,12 +11,15 @@
 //! * [`control`]: the control channel through which `statectl savepoint` and
 //!   `statectl cancel` reach a running job;
 //! * [`backends`]: the backends by name, as the command line chooses them;
+//! * [`cluster`]: the job across processes: a coordinator and one worker
+//!   process per subtask, checkpointing to a shared folder or object store;
 //! * [`demo`]: the scripted walk through the workflow with real processes;
 //! * [`output`]: sizes, times and tables for people, JSON for scripts;
 //! * [`records`]: records without user types (RocksDB native handles, JSON
 //!   lines for `dump`).
 
 pub mod backends;
+pub mod cluster;
 pub mod control;
 pub mod demo;
 pub mod job;

@@ -542,3 +542,96 @@ fn a_savepoint_of_another_job_is_refused() {
     assert!(out.stderr.contains("another job"), "{}", out.stderr);
     assert!(out.stderr.contains("enrich"), "{}", out.stderr);
 }
+
+/// The job across processes on the local S3 server (`scripts/test` starts
+/// it and sets `FLOWSTATE_S3_URL`): 3 workers checkpoint to S3, one is
+/// killed with SIGKILL, the job resumes from S3 at 2 workers and every count
+/// is exact; then the same on RocksDB workers, whose SSTs go to S3 once.
+#[test]
+fn cluster_demo_on_s3_survives_a_killed_worker_and_a_rescale() {
+    let Some(url) = std::env::var("FLOWSTATE_S3_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var_os("FLOWSTATE_REQUIRE_S3").is_none(),
+            "FLOWSTATE_REQUIRE_S3 is set but FLOWSTATE_S3_URL is not"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED cluster_demo_on_s3: FLOWSTATE_S3_URL is not set (scripts/test sets it)\n",
+        );
+        return;
+    };
+    let location = format!(
+        "{}/cli-cluster-{}",
+        url.trim_end_matches('/'),
+        std::process::id()
+    );
+    let out = statectl()
+        .args([
+            "cluster-demo",
+            "--checkpoints",
+            &location,
+            "--records",
+            "100000",
+        ])
+        .output()
+        .expect("statectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("killed worker 1"), "{stdout}");
+    assert!(stdout.contains("resuming from checkpoint"), "{stdout}");
+    assert!(
+        stdout.contains("finished: 5000 keys, 100000 records"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+
+    // RocksDB workers: a run at 3 workers, then new processes resuming from
+    // its latest S3 checkpoint at 2 workers.
+    let local = tempfile::tempdir().expect("temp dir");
+    let run = |workers: &str, rate: Option<&str>| {
+        let mut cmd = statectl();
+        cmd.args([
+            "cluster",
+            "--checkpoints",
+            &location,
+            "--job-id",
+            "rocks",
+            "--backend",
+            "rocksdb",
+            "--workers",
+            workers,
+            "--records",
+            "60000",
+            "--partitions",
+            "3",
+            "--keys",
+            "2000",
+            "--checkpoint-interval-ms",
+            "200",
+        ])
+        .arg("--local-dir")
+        .arg(local.path());
+        if let Some(rate) = rate {
+            cmd.args(["--rate", rate]);
+        }
+        cmd.output().expect("statectl runs")
+    };
+    let first = run("3", Some("20000"));
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{text}");
+    assert!(
+        text.contains("checkpoint 2 completed"),
+        "checkpoints were taken: {text}"
+    );
+    assert!(
+        text.contains("finished: 2000 keys, 60000 records"),
+        "{text}"
+    );
+}
