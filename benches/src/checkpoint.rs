@@ -18,15 +18,22 @@
 //! After every restore (outside the timing) the restored subtasks are read
 //! back, each key through the subtask that owns its key group, and compared
 //! with what was written.
+//!
+//! With an object-store location (`--checkpoint-location s3://...`), every
+//! subject runs a second time with its checkpoints there, in the same run
+//! (subject `fs@s3`, ...), plus `upload` and `download` throughputs in MiB/s:
+//! the first checkpoint's bytes over its total time, and the restore's
+//! bytes over the restore time.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use backend_fs::FsStateBackend;
-use backend_rocksdb::RocksDbStateBackend;
+use backend_rocksdb::{RocksDbStateBackend, RocksOptions};
 use checkpoint_store::{
-    CheckpointConfig, CheckpointCoordinator, CompletedCheckpoint, OperatorState, SubtaskState,
+    CheckpointConfig, CheckpointCoordinator, CheckpointStorage, CompletedCheckpoint, Location,
+    OperatorState, Storage, SubtaskState,
 };
 use state_api::backend::KeyedBackendParams;
 use state_api::key_group::{key_group_for_bytes, operator_index_for_key_group};
@@ -39,7 +46,7 @@ use state_api::{codec, KeyedStateBackend, StateBackend};
 
 use crate::progress::Progress;
 use crate::results::{Better, Measurement};
-use crate::subject::{rocksdb_backend, work_dir, Subject};
+use crate::subject::{work_dir, Subject};
 use crate::{BenchError, Result, MAX_PARALLELISM};
 
 /// The family name in the results.
@@ -49,17 +56,27 @@ pub const FAMILY: &str = "checkpoint";
 pub trait Checkpointing: StateBackend {
     /// The coordinator of the backend's job.
     fn coordinator(&self, config: CheckpointConfig) -> state_api::Result<CheckpointCoordinator>;
+    /// Where its checkpoints go.
+    fn storage(&self) -> &CheckpointStorage;
 }
 
 impl Checkpointing for FsStateBackend {
     fn coordinator(&self, config: CheckpointConfig) -> state_api::Result<CheckpointCoordinator> {
         FsStateBackend::coordinator(self, config)
     }
+
+    fn storage(&self) -> &CheckpointStorage {
+        self.checkpoint_storage()
+    }
 }
 
 impl Checkpointing for RocksDbStateBackend {
     fn coordinator(&self, config: CheckpointConfig) -> state_api::Result<CheckpointCoordinator> {
         RocksDbStateBackend::coordinator(self, config)
+    }
+
+    fn storage(&self) -> &CheckpointStorage {
+        self.checkpoint_storage()
     }
 }
 
@@ -74,6 +91,8 @@ pub struct CheckpointBenchConfig {
     pub subjects: Vec<Subject>,
     /// Folder for the backends' files.
     pub work: PathBuf,
+    /// An object-store location every subject also runs on.
+    pub object_store: Option<String>,
 }
 
 const STATE: &str = "bench-value";
@@ -82,35 +101,62 @@ type Figures = Vec<(&'static str, &'static str, f64)>;
 
 /// Runs the family: per subject, one measurement per figure.
 pub fn run(config: &CheckpointBenchConfig, progress: &Progress) -> Result<Vec<Measurement>> {
-    let mut per_subject: Vec<(Subject, Vec<Figures>)> = Vec::new();
+    let remote = match &config.object_store {
+        Some(url) => Some((url.clone(), Location::parse(url)?)),
+        None => None,
+    };
+    let mut per_subject: Vec<(String, Vec<Figures>)> = Vec::new();
     for round in 0..config.rounds {
         for &subject in config.subjects.iter().filter(|s| s.in_checkpoints()) {
-            let bar = progress.spinner(format!(
-                "checkpoint: {subject}, {} keys, round {}",
-                config.keys,
-                round + 1
-            ));
-            let dir = work_dir(&config.work, subject.name())?;
-            let figures = match subject {
-                Subject::Fs | Subject::FsIncremental => {
-                    let backend = FsStateBackend::new(dir.path(), "bench")?
-                        .with_incremental(subject == Subject::FsIncremental);
-                    one_round(&backend, config.keys)
+            let places = std::iter::once(None).chain(remote.iter().map(Some));
+            for place in places {
+                let label = match place {
+                    None => subject.name().to_string(),
+                    Some((_, Location::ObjectStore { scheme, .. })) => {
+                        format!("{}@{scheme}", subject.name())
+                    }
+                    Some((_, Location::Local(_))) => format!("{}@dir", subject.name()),
+                };
+                let bar = progress.spinner(format!(
+                    "checkpoint: {label}, {} keys, round {}",
+                    config.keys,
+                    round + 1
+                ));
+                let dir = work_dir(&config.work, subject.name())?;
+                let storage = match place {
+                    None => CheckpointStorage::new(&dir.path().join("checkpoints"), "bench")?,
+                    Some((url, _)) => {
+                        let unique = dir
+                            .path()
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        CheckpointStorage::open(&format!("{url}/{unique}"), "bench")?
+                    }
+                };
+                let figures = match subject {
+                    Subject::Fs | Subject::FsIncremental => {
+                        let backend = FsStateBackend::with_checkpoint_storage(storage.clone())
+                            .with_incremental(subject == Subject::FsIncremental);
+                        one_round(&backend, config.keys)
+                    }
+                    _ => {
+                        let backend =
+                            rocksdb_on(subject, &dir.path().join("local"), storage.clone());
+                        one_round(&backend, config.keys)
+                    }
+                };
+                // The round's objects do not outlive it.
+                let _ = storage.storage().remove_dir_all(storage.layout().job_dir());
+                bar.finish_and_clear();
+                let mut figures = figures?;
+                if place.is_some() {
+                    add_throughputs(&mut figures);
                 }
-                _ => {
-                    let backend = rocksdb_backend(
-                        subject,
-                        &dir.path().join("local"),
-                        &dir.path().join("checkpoints"),
-                    )?;
-                    one_round(&backend, config.keys)
+                match per_subject.iter_mut().find(|(s, _)| *s == label) {
+                    Some((_, rounds)) => rounds.push(figures),
+                    None => per_subject.push((label, vec![figures])),
                 }
-            };
-            bar.finish_and_clear();
-            let figures = figures?;
-            match per_subject.iter_mut().find(|(s, _)| *s == subject) {
-                Some((_, rounds)) => rounds.push(figures),
-                None => per_subject.push((subject, vec![figures])),
             }
         }
     }
@@ -121,23 +167,35 @@ pub fn run(config: &CheckpointBenchConfig, progress: &Progress) -> Result<Vec<Me
         };
         for (i, &(workload, unit, _)) in first.iter().enumerate() {
             let values = rounds.iter().map(|r| r[i].2).collect();
-            let m = Measurement::new(
-                FAMILY,
-                workload,
-                subject.name(),
-                unit,
-                Better::Lower,
-                values,
-            );
+            let better = if unit == "MiB/s" {
+                Better::Higher
+            } else {
+                Better::Lower
+            };
+            let m = Measurement::new(FAMILY, workload, &subject, unit, better, values);
             progress.line(&format!(
-                "{FAMILY:<18} {workload:<13} {:<19} {:>12.3} {unit}",
-                subject.name(),
+                "{FAMILY:<18} {workload:<13} {subject:<19} {:>12.3} {unit}",
                 m.median
             ));
             out.push(m);
         }
     }
     Ok(out)
+}
+
+/// Upload (first checkpoint) and download (restore) throughput, from the
+/// round's bytes and times.
+fn add_throughputs(figures: &mut Figures) {
+    let get = |name: &str| figures.iter().find(|f| f.0 == name).map(|f| f.2);
+    let mib = |bytes: f64, ms: f64| bytes / (1024.0 * 1024.0) / (ms / 1e3).max(1e-9);
+    let upload = get("first.bytes").zip(get("first.total"));
+    let download = get("restore.bytes").zip(get("restore"));
+    if let Some((bytes, total)) = upload {
+        figures.push(("upload", "MiB/s", mib(bytes, total)));
+    }
+    if let Some((bytes, restore)) = download {
+        figures.push(("download", "MiB/s", mib(bytes, restore)));
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -176,7 +234,9 @@ fn one_round<S: Checkpointing>(backend: &S, keys: u32) -> Result<Figures> {
             v.on(b).update(Some(k))?;
         }
     }
-    let first = checkpoint(&mut coordinator, &mut job, None)?;
+    let storage = backend.storage().storage().clone();
+    let storage = &*storage;
+    let first = checkpoint(storage, &mut coordinator, &mut job, None)?;
     {
         let (b, v) = &mut job[0];
         for k in (0..keys).filter(|k| changed(*k)) {
@@ -184,7 +244,7 @@ fn one_round<S: Checkpointing>(backend: &S, keys: u32) -> Result<Figures> {
             v.on(b).update(Some(expected(k)))?;
         }
     }
-    let second = checkpoint(&mut coordinator, &mut job, Some(&first.done))?;
+    let second = checkpoint(storage, &mut coordinator, &mut job, Some(&first.done))?;
     drop(job);
 
     let all = handles(&second.done);
@@ -194,11 +254,11 @@ fn one_round<S: Checkpointing>(backend: &S, keys: u32) -> Result<Figures> {
     verify(one, keys)?;
 
     let (rescale_12, two) = rescale(backend, &all, 2)?;
-    let at_two = checkpoint_quietly(&mut coordinator, two, keys)?;
+    let at_two = checkpoint_quietly(storage, &mut coordinator, two, keys)?;
     let (rescale_21, one) = rescale(backend, &handles(&at_two), 1)?;
     verify(one, keys)?;
     let (_, four) = rescale(backend, &all, 4)?;
-    let at_four = checkpoint_quietly(&mut coordinator, four, keys)?;
+    let at_four = checkpoint_quietly(storage, &mut coordinator, four, keys)?;
     let (rescale_43, three) = rescale(backend, &handles(&at_four), 3)?;
     verify(three, keys)?;
 
@@ -210,6 +270,11 @@ fn one_round<S: Checkpointing>(backend: &S, keys: u32) -> Result<Figures> {
         ("second.total", "ms", ms(second.total)),
         ("second.bytes", "bytes", second.bytes as f64),
         ("restore", "ms", ms(restore)),
+        (
+            "restore.bytes",
+            "bytes",
+            new_bytes(storage, &second.done, None) as f64,
+        ),
         ("rescale.1-2", "ms", ms(rescale_12)),
         ("rescale.2-1", "ms", ms(rescale_21)),
         ("rescale.4-3", "ms", ms(rescale_43)),
@@ -289,6 +354,7 @@ struct Taken {
 
 /// One checkpoint of `subtasks` through `coordinator`.
 fn checkpoint<B: KeyedStateBackend>(
+    storage: &dyn Storage,
     coordinator: &mut CheckpointCoordinator,
     subtasks: &mut [(B, ValueState<i64>)],
     before: Option<&CompletedCheckpoint>,
@@ -326,7 +392,7 @@ fn checkpoint<B: KeyedStateBackend>(
     for (b, _) in subtasks.iter_mut() {
         b.notify_checkpoint_complete(pending.id)?;
     }
-    let bytes = new_bytes(&done, before);
+    let bytes = new_bytes(storage, &done, before);
     Ok(Taken {
         sync,
         total,
@@ -337,11 +403,12 @@ fn checkpoint<B: KeyedStateBackend>(
 
 /// Verifies `subtasks`, checkpoints them and closes them.
 fn checkpoint_quietly<B: KeyedStateBackend<Key = i64>>(
+    storage: &dyn Storage,
     coordinator: &mut CheckpointCoordinator,
     mut subtasks: Vec<(B, ValueState<i64>)>,
     keys: i64,
 ) -> Result<CompletedCheckpoint> {
-    let taken = checkpoint(coordinator, &mut subtasks, None)?;
+    let taken = checkpoint(storage, coordinator, &mut subtasks, None)?;
     verify(subtasks, keys)?;
     Ok(taken.done)
 }
@@ -355,22 +422,37 @@ fn handles(done: &CompletedCheckpoint) -> Vec<KeyedStateHandle> {
         .collect()
 }
 
-fn size(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
 /// Bytes `done` added to storage: the files it references that `before`
-/// does not, and its `_metadata` (where small state is inlined).
-fn new_bytes(done: &CompletedCheckpoint, before: Option<&CompletedCheckpoint>) -> u64 {
+/// does not (at the sizes their handles record), and its `_metadata` (where
+/// small state is inlined).
+fn new_bytes(
+    storage: &dyn Storage,
+    done: &CompletedCheckpoint,
+    before: Option<&CompletedCheckpoint>,
+) -> u64 {
     let old: BTreeSet<PathBuf> = before
         .map(|b| b.metadata.files().into_iter().collect())
         .unwrap_or_default();
     let files: u64 = done
         .metadata
-        .files()
-        .iter()
-        .filter(|f| !old.contains(*f))
-        .map(|f| size(f))
+        .file_sizes()
+        .into_iter()
+        .filter(|(f, _)| !old.contains(f))
+        .map(|(_, size)| size)
         .sum();
-    files + size(&done.metadata_path)
+    files + storage.len(&done.metadata_path).unwrap_or(0)
+}
+
+/// A RocksDB backend of `subject` working in `local`, checkpointing to
+/// `storage`.
+fn rocksdb_on(subject: Subject, local: &Path, storage: CheckpointStorage) -> RocksDbStateBackend {
+    let backend = RocksDbStateBackend::with_checkpoint_storage(local, storage);
+    if subject == Subject::RocksDbFull {
+        backend.with_options(RocksOptions {
+            incremental: false,
+            ..RocksOptions::default()
+        })
+    } else {
+        backend
+    }
 }

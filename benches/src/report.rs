@@ -803,6 +803,7 @@ mod tests {
                 memory_entries: 1_000_000,
                 seed: 42,
                 timers: 0,
+                checkpoint_location: None,
             },
             measurements,
         }

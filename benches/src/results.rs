@@ -65,6 +65,9 @@ pub struct RunOptions {
     /// Timers of the timer workloads (0 in runs from before they existed).
     #[serde(default)]
     pub timers: u64,
+    /// The object-store location the checkpoint family also ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_location: Option<String>,
 }
 
 /// Whether a larger or a smaller figure is better.

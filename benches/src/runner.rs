@@ -157,6 +157,9 @@ pub struct RunConfig {
     pub memory_entries: u32,
     /// Timers of the timers family.
     pub timers: u32,
+    /// An object-store location (`s3://bucket/prefix`) the checkpoint family
+    /// also runs on, beside local disk, in the same run.
+    pub checkpoint_location: Option<String>,
     /// Seed of the access streams.
     pub seed: u64,
     /// Folder for the backends' files while they run.
@@ -182,6 +185,7 @@ impl RunConfig {
             checkpoint_keys: 1_000_000,
             memory_entries: 10_000_000,
             timers: 1_000_000,
+            checkpoint_location: None,
             seed: SEED,
             work,
             memory_exe: None,
@@ -226,6 +230,7 @@ impl RunConfig {
             memory_entries: u64::from(self.memory_entries),
             seed: self.seed,
             timers: u64::from(self.timers),
+            checkpoint_location: self.checkpoint_location.clone(),
         }
     }
 }
@@ -314,6 +319,7 @@ pub fn run(config: &RunConfig, progress: &Progress) -> Result<Results> {
             rounds: config.rounds,
             subjects: config.subjects.clone(),
             work: config.work.clone(),
+            object_store: config.checkpoint_location.clone(),
         };
         results.measurements.extend(checkpoint::run(&c, progress)?);
     }

@@ -42,6 +42,12 @@ struct Cli {
     /// Keys of the checkpoint workloads.
     #[arg(long)]
     checkpoint_keys: Option<u32>,
+    /// Also run the checkpoint family with checkpoints at this object-store
+    /// location (`s3://bucket/prefix`, credentials and endpoint from the
+    /// AWS_* variables), beside local disk in the same run; its subjects are
+    /// named `fs@s3`, `rocksdb@s3`...
+    #[arg(long)]
+    checkpoint_location: Option<String>,
     /// Entries of the memory measurement.
     #[arg(long)]
     memory_entries: Option<u32>,
@@ -98,6 +104,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = cli.checkpoint_keys {
         config.checkpoint_keys = n;
+    }
+    if let Some(l) = cli.checkpoint_location {
+        config.checkpoint_location = Some(l);
     }
     if let Some(n) = cli.memory_entries {
         config.memory_entries = n;
