@@ -377,6 +377,10 @@ impl CheckpointCoordinator {
     /// A checkpoint below the newest completed one is refused with
     /// [`Error::CheckpointSubsumed`] (and aborted if it was still pending):
     /// the engine then tells its backends the checkpoint was aborted.
+    ///
+    /// If another coordinator of the job published `id` first, the error
+    /// says its `_metadata` already exists and `id` is no longer pending here
+    /// (aborting it does nothing: the published checkpoint is left whole).
     pub fn complete_checkpoint(
         &mut self,
         id: u64,
@@ -417,7 +421,19 @@ impl CheckpointCoordinator {
         for d in [dir.clone(), self.layout.shared_dir()] {
             self.storage.sync_dir(&d).map_err(io_err("syncing", &d))?;
         }
-        let path = publish_metadata(&*self.storage, &dir, self.layout.job_dir(), &metadata)?;
+        let path = match publish_metadata(&*self.storage, &dir, self.layout.job_dir(), &metadata) {
+            Ok(path) => path,
+            Err(e) => {
+                // Another coordinator of this job published this checkpoint
+                // first: the folder now holds its checkpoint, which `abort`
+                // (removing the folder) must not delete. Ours is forgotten;
+                // its files go with the folder or as unreferenced shared files.
+                if load_metadata(&*self.storage, &dir).is_ok_and(|other| other != metadata) {
+                    self.pending.remove(&id);
+                }
+                return Err(e);
+            }
+        };
         self.pending.remove(&id);
         let completed = CompletedCheckpoint {
             id,

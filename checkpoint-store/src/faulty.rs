@@ -186,4 +186,8 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn describe(&self, path: &Path) -> String {
         self.shared.inner.describe(path)
     }
+
+    fn holds(&self, path: &Path) -> bool {
+        self.shared.inner.holds(path)
+    }
 }

@@ -650,6 +650,10 @@ impl Storage for ObjectStoreStorage {
         })
     }
 
+    fn holds(&self, path: &Path) -> bool {
+        path.starts_with(Path::new(&self.inner.url))
+    }
+
     fn describe(&self, path: &Path) -> String {
         match self.inner.locate(path) {
             Ok(location) => location.url,

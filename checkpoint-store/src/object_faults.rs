@@ -70,7 +70,7 @@ enum Action {
 /// One injection rule: which calls it applies to, what it does, how many times.
 ///
 /// ```
-/// use proto_objstore::{Fault, Op};
+/// use checkpoint_store::object_faults::{Fault, Op};
 /// use std::time::Duration;
 /// // The next 2 puts whose key contains `_metadata` fail like a 503.
 /// let fault = Fault::fail(Op::Put).path_contains("_metadata").times(2);

@@ -98,31 +98,49 @@ pub trait Storage: Send + Sync + 'static {
         let _ = path;
         None
     }
+    /// Whether `path` names a file of this store (an object store holds the
+    /// paths under its URL; a local store every path).
+    fn holds(&self, path: &Path) -> bool {
+        let _ = path;
+        true
+    }
 }
 
 /// Reads state files through a [`Storage`]: what backends restore with.
+/// Paths the storage does not hold (a savepoint in a local folder restored
+/// by a backend that checkpoints to S3) are read from the local file system.
 #[derive(Clone)]
 pub struct StorageFiles(pub Arc<dyn Storage>);
 
+impl StorageFiles {
+    fn route(&self, path: &Path) -> &dyn Storage {
+        if self.0.holds(path) {
+            &*self.0
+        } else {
+            &LocalStorage
+        }
+    }
+}
+
 impl StateFileReader for StorageFiles {
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
-        self.0.open(path)
+        self.route(path).open(path)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.0.read(path)
+        self.route(path).read(path)
     }
 
     fn describe(&self, path: &Path) -> String {
-        self.0.describe(path)
+        self.route(path).describe(path)
     }
 
     fn local_path(&self, path: &Path) -> Option<PathBuf> {
-        self.0.local_path(path)
+        self.route(path).local_path(path)
     }
 
     fn download(&self, path: &Path, local: &Path) -> io::Result<u64> {
-        self.0.download_file(path, local)?;
+        self.route(path).download_file(path, local)?;
         Ok(fs::metadata(local)?.len())
     }
 }
