@@ -22,7 +22,7 @@ use backend_memory::HeapKeyedStateBackend;
 use checkpoint_store::object_faults::{Fault, FaultyObjectStore, Op};
 use checkpoint_store::{
     CheckpointConfig, CheckpointStorage, Location, ObjectStoreOptions, ObjectStoreStorage,
-    OperatorState, Storage, SubtaskState,
+    OperatorState, SubtaskState,
 };
 use conformance_tests::harness::{keyed, object_store_location, owner, rescale_keyed};
 use state_api::snapshot::handle::KeyedStateHandle;
@@ -256,28 +256,8 @@ impl Drop for Worker {
     }
 }
 
-/// Every object under `dir` with its size, found by walking `list_dir`.
-fn list_objects(storage: &dyn Storage, dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
-    let names = storage
-        .list_dir(dir)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
-    for name in names {
-        let child = dir.join(&name);
-        match storage.len(&child) {
-            Ok(size) => {
-                out.insert(child.clone(), size);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("stat {}: {e}", child.display()),
-        }
-        list_objects(storage, &child, out);
-    }
-}
-
 fn objects_under(storage: &CheckpointStorage, dir: &Path) -> BTreeMap<PathBuf, u64> {
-    let mut out = BTreeMap::new();
-    list_objects(&**storage.storage(), dir, &mut out);
-    out
+    conformance_tests::harness::objects_under(&**storage.storage(), dir)
 }
 
 /// Ids of the `chk-<id>/_metadata` objects among `objects`.

@@ -19,7 +19,7 @@ use backend_rocksdb::{RocksDbStateBackend, RocksKeyedStateBackend};
 use checkpoint_store::object_faults::{Fault, FaultyObjectStore, Op};
 use checkpoint_store::{
     load_metadata, CheckpointConfig, CheckpointCoordinator, CheckpointMetadata, CheckpointStorage,
-    CompletedCheckpoint, Location, ObjectStoreOptions, ObjectStoreStorage, OperatorState, Storage,
+    CompletedCheckpoint, Location, ObjectStoreOptions, ObjectStoreStorage, OperatorState,
     SubtaskState,
 };
 use conformance_tests::harness::{keyed, object_store_location};
@@ -177,28 +177,8 @@ fn check_values(
     Ok(())
 }
 
-/// Every object under `dir` with its size, found by walking `list_dir`.
-fn list_objects(storage: &dyn Storage, dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
-    let names = storage
-        .list_dir(dir)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
-    for name in names {
-        let child = dir.join(&name);
-        match storage.len(&child) {
-            Ok(size) => {
-                out.insert(child.clone(), size);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("stat {}: {e}", child.display()),
-        }
-        list_objects(storage, &child, out);
-    }
-}
-
 fn objects_under(storage: &CheckpointStorage, dir: &Path) -> BTreeMap<PathBuf, u64> {
-    let mut out = BTreeMap::new();
-    list_objects(&**storage.storage(), dir, &mut out);
-    out
+    conformance_tests::harness::objects_under(&**storage.storage(), dir)
 }
 
 /// What [`check_objects`] found.

@@ -196,6 +196,38 @@ pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
+/// Every object (or file) under `dir` in `storage`, with its size, found
+/// by walking `list_dir`: what a retention or crash test compares with what
+/// the retained checkpoints reference.
+pub fn objects_under(
+    storage: &dyn checkpoint_store::Storage,
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    fn walk(
+        storage: &dyn checkpoint_store::Storage,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<std::path::PathBuf, u64>,
+    ) {
+        let names = storage
+            .list_dir(dir)
+            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+        for name in names {
+            let child = dir.join(&name);
+            match storage.len(&child) {
+                Ok(size) => {
+                    out.insert(child.clone(), size);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("stat {}: {e}", child.display()),
+            }
+            walk(storage, &child, out);
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(storage, dir, &mut out);
+    out
+}
+
 /// A checkpoint location on object storage for a backend built in `dir`:
 /// a fresh prefix of the S3 bucket `FLOWSTATE_S3_URL` names (a local S3
 /// server, as `scripts/test` starts), else a fresh in-memory object store
