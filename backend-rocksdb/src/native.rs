@@ -493,7 +493,7 @@ pub(crate) fn materialize(
 /// What [`materialize`] did: files reused from the local folder, files and
 /// bytes downloaded from a remote store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MaterializeStats {
+pub(crate) struct MaterializeStats {
     /// Files hard-linked from the previous local folder.
     pub reused: u64,
     /// Files downloaded.

@@ -423,16 +423,20 @@ impl CheckpointCoordinator {
         }
         let path = match publish_metadata(&*self.storage, &dir, self.layout.job_dir(), &metadata) {
             Ok(path) => path,
-            Err(e) => {
+            Err(e) => match load_metadata(&*self.storage, &dir) {
+                // Our own put reached the store but its answer was lost and
+                // the retried conditional put found it: published.
+                Ok(ours) if ours == metadata => dir.join(METADATA_FILE),
                 // Another coordinator of this job published this checkpoint
                 // first: the folder now holds its checkpoint, which `abort`
                 // (removing the folder) must not delete. Ours is forgotten;
                 // its files go with the folder or as unreferenced shared files.
-                if load_metadata(&*self.storage, &dir).is_ok_and(|other| other != metadata) {
+                Ok(_) => {
                     self.pending.remove(&id);
+                    return Err(e);
                 }
-                return Err(e);
-            }
+                Err(_) => return Err(e),
+            },
         };
         self.pending.remove(&id);
         let completed = CompletedCheckpoint {

@@ -474,3 +474,66 @@ fn a_crash_at_any_operation_leaves_the_previous_checkpoint_restorable() -> Resul
     );
     Ok(())
 }
+
+/// Local files whose `publish` stores the file and then answers as if it
+/// already existed: what a conditional put looks like when its answer was
+/// lost and the retry found the object the first attempt created.
+struct LostPublishReply;
+
+impl Storage for LostPublishReply {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn checkpoint_store::StorageFile>> {
+        LocalStorage.create(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        LocalStorage.open(path)
+    }
+    fn publish(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        LocalStorage.publish(path, bytes)?;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "precondition failed (after a retry)",
+        ))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        LocalStorage.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        LocalStorage.remove_dir_all(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        LocalStorage.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        LocalStorage.list_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        LocalStorage.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        LocalStorage.exists(path)
+    }
+    fn len(&self, path: &Path) -> std::io::Result<u64> {
+        LocalStorage.len(path)
+    }
+}
+
+/// A publish whose own put succeeded but whose answer says the `_metadata`
+/// exists completes the checkpoint: the `_metadata` found is ours.
+#[test]
+fn a_publish_that_finds_its_own_metadata_completes() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| state_api::Error::io("tempdir", e))?;
+    let config = CheckpointConfig {
+        inline_threshold: 0,
+        ..Default::default()
+    };
+    let mut c = CheckpointCoordinator::open(Arc::new(LostPublishReply), dir.path(), "job", config)?;
+    let p1 = c.begin_checkpoint()?;
+    let a = piece(&p1.streams, StreamScope::Exclusive, 100, 7)?;
+    let done = c.complete_checkpoint(p1.id, operators(vec![a]))?;
+    assert_eq!(c.latest_completed().map(|c| c.id), Some(done.id));
+    assert_eq!(
+        load_metadata(&LocalStorage, &done.metadata_path)?,
+        done.metadata
+    );
+    Ok(())
+}
