@@ -41,7 +41,7 @@ fn every_family_runs_on_every_subject_and_writes_its_report() {
     assert_eq!(count("throughput"), 6 * 8);
     assert_eq!(count("throughput-string"), 2 * 8);
     assert_eq!(count("large-state"), 2 * 3);
-    assert_eq!(count("checkpoint"), 10 * 4);
+    assert_eq!(count("checkpoint"), 11 * 4);
     // The memory family needs the runner binary as its child process.
     assert_eq!(count("memory"), 0);
     for m in &results.measurements {
@@ -105,6 +105,31 @@ fn incremental_checkpoints_write_less_the_second_time() {
         bytes("second.bytes", "fs-incremental") < 0.1 * bytes("first.bytes", "fs-incremental"),
         "1% of the keys changed"
     );
+}
+
+/// With an object-store location every checkpointing subject runs twice in
+/// the same run, once on local disk and once on the store, and the store's
+/// rounds add upload and download throughputs; both write and restore the
+/// same state (RocksDB's own files name their folder, so a few bytes differ).
+#[test]
+fn the_checkpoint_family_also_runs_on_an_object_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut config = small(dir.path());
+    config.rounds = 1;
+    config.checkpoint_keys = 30_000;
+    config.selection = Selection::parse(&["checkpoint".to_string()]).expect("parses");
+    config.subjects = vec![Subject::Fs, Subject::RocksDb];
+    config.checkpoint_location = Some(format!("memory://bench-{}", std::process::id()));
+    let results = runner::run(&config, &Progress::hidden()).expect("runs");
+    for (local, remote) in [("fs", "fs@memory"), ("rocksdb", "rocksdb@memory")] {
+        let get = |w, s| results.find("checkpoint", w, s).expect("measured").median;
+        for w in ["first.bytes", "restore.bytes"] {
+            let (a, b) = (get(w, local), get(w, remote));
+            assert!((a - b).abs() <= a * 0.01, "{remote} {w}: {a} against {b}");
+        }
+        assert!(get("upload", remote) > 0.0 && get("download", remote) > 0.0);
+        assert!(results.find("checkpoint", "upload", local).is_none());
+    }
 }
 
 #[test]
