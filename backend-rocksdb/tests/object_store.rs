@@ -729,11 +729,7 @@ fn two_coordinators_completing_the_same_checkpoint_publish_exactly_one() -> Resu
             (w, e, b, job_b, a, job_a)
         };
         let metadata_url = storage.storage().describe(&layout.metadata_path(id));
-        assert_eq!(
-            loser_err.kind(),
-            ErrorKind::InvalidArgument,
-            "{loser_err:?}"
-        );
+        assert_eq!(loser_err.kind(), ErrorKind::Cancelled, "{loser_err:?}");
         let message = loser_err.to_string();
         assert!(
             message.contains("already exists") && message.contains(&metadata_url),

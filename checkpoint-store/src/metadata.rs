@@ -33,11 +33,9 @@ pub fn publish_metadata(
     let io = |what: &str, e| Error::io(format!("{what} {}", storage.describe(&target)), e);
     storage.publish(&target, &bytes).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::InvalidArgument {
-                what: format!(
-                    "{} already exists: another coordinator published this checkpoint",
-                    storage.describe(&target)
-                ),
+            Error::CheckpointConflict {
+                checkpoint_id: metadata.checkpoint_id,
+                metadata: storage.describe(&target),
             }
         } else {
             io("publishing", e)

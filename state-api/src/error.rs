@@ -245,6 +245,17 @@ pub enum Error {
         /// The newest completed checkpoint.
         latest: u64,
     },
+    /// Another coordinator of the job published this checkpoint first: its
+    /// `_metadata` exists and stays; this completion is refused. Kind
+    /// [`ErrorKind::Cancelled`]: the engine aborts its checkpoint, as for a
+    /// subsumed one (two coordinators of one job must not keep running).
+    #[error("checkpoint {checkpoint_id}: {metadata} already exists: another coordinator published this checkpoint; this completion is refused")]
+    CheckpointConflict {
+        /// The refused checkpoint.
+        checkpoint_id: u64,
+        /// The `_metadata` that exists (a path or URL).
+        metadata: String,
+    },
     /// The backend is closed.
     #[error("the backend is closed")]
     Closed,
@@ -324,7 +335,9 @@ impl Error {
             }
             Error::Codec { .. } | Error::User(_) => ErrorKind::User,
             Error::SizeLimitExceeded { .. } => ErrorKind::StateSizeExceeded,
-            Error::Cancelled { .. } | Error::CheckpointSubsumed { .. } => ErrorKind::Cancelled,
+            Error::Cancelled { .. }
+            | Error::CheckpointSubsumed { .. }
+            | Error::CheckpointConflict { .. } => ErrorKind::Cancelled,
             Error::Closed | Error::Poisoned { .. } => ErrorKind::Closed,
             Error::Io { .. } | Error::StateFileUnreadable { .. } => ErrorKind::Io,
             Error::Engine { kind, .. } => *kind,
