@@ -427,10 +427,9 @@ pub(crate) fn materialize(
     folder: &Path,
     files: &dyn StateFileReader,
     reuse: &[PathBuf],
-) -> Result<MaterializeStats> {
+) -> Result<()> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
-    let mut stats = MaterializeStats::default();
     for f in handle.files() {
         let dest = folder.join(&f.name);
         let needed_by = format!("checkpoint {}", handle.checkpoint_id);
@@ -450,7 +449,6 @@ pub(crate) fn materialize(
                         .iter()
                         .any(|dir| reuse_local(&dir.join(&f.name), *size, f.crc32, &dest));
                 if reused {
-                    stats.reused += 1;
                     continue;
                 }
                 if let Some(local) = files.local_path(path) {
@@ -465,8 +463,6 @@ pub(crate) fn materialize(
                 } else {
                     let actual = files.download(path, &dest).map_err(unreadable)?;
                     check_file_size(&source, *size, actual)?;
-                    stats.downloaded += 1;
-                    stats.downloaded_bytes += actual;
                 }
             }
             _ => {
@@ -487,19 +483,7 @@ pub(crate) fn materialize(
             });
         }
     }
-    Ok(stats)
-}
-
-/// What [`materialize`] did: files reused from the local folder, files and
-/// bytes downloaded from a remote store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct MaterializeStats {
-    /// Files hard-linked from the previous local folder.
-    pub reused: u64,
-    /// Files downloaded.
-    pub downloaded: u64,
-    /// Bytes downloaded.
-    pub downloaded_bytes: u64,
+    Ok(())
 }
 
 /// The other folders beside `folder`: earlier instances' working folders,

@@ -297,15 +297,8 @@ struct RunArgs {
     /// Max parallelism of a fresh job (a restore keeps the snapshot's).
     #[arg(long, default_value_t = 128)]
     max_parallelism: u32,
-    /// Records in the source of a fresh job.
-    #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
-    /// Source partitions of a fresh job.
-    #[arg(long, default_value_t = 8)]
-    partitions: u32,
-    /// Distinct keys of a fresh job.
-    #[arg(long, default_value_t = 10_000)]
-    keys: u64,
+    #[command(flatten)]
+    source: SourceArgs,
     /// At most this many records per second.
     #[arg(long)]
     rate: Option<u64>,
@@ -483,7 +476,11 @@ fn run(args: RunArgs) -> CmdResult {
         inline_threshold: args.inline_threshold,
     };
     let options = JobOptions {
-        source: SourceConfig::new(args.partitions, args.records, args.keys)?,
+        source: SourceConfig::new(
+            args.source.partitions,
+            args.source.records,
+            args.source.keys,
+        )?,
         parallelism: args.parallelism,
         max_parallelism: args.max_parallelism,
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms.max(1)),
